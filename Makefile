@@ -1,0 +1,35 @@
+# The two commands (README "Quick start"); each installs what is missing first:
+#   make run    the whole pipeline on the embedded synthetic dataset (CPU is fine)
+#   make test   the test suite (what CI runs: .ci/run)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+
+.PHONY: run test install system-packages
+
+run: $(STAMP)
+	snakemake --cores all
+
+test: $(STAMP)
+	pytest -q
+
+install: $(STAMP)
+
+# ffmpeg decodes videos, bsdtar unpacks RAR archives (UCF101, HMDB51). Without root the code falls
+# back to the ffmpeg binary of the imageio-ffmpeg wheel; RAR datasets then need bsdtar from elsewhere.
+system-packages:
+	@if command -v ffmpeg >/dev/null && command -v bsdtar >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends ffmpeg libarchive-tools >/dev/null \
+	  || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends ffmpeg libarchive-tools >/dev/null; } \
+	  || echo "note: apt-get failed; using imageio-ffmpeg's ffmpeg"; \
+	else echo "note: not root: using imageio-ffmpeg's ffmpeg; RAR archives need bsdtar (libarchive-tools)"; fi
+
+$(STAMP): pyproject.toml constraints.txt | system-packages
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test]'
+	touch $@

@@ -1,0 +1,113 @@
+"""`vididi <stage> --config config.yaml ...`: every pipeline stage, callable alone.
+
+Each Snakemake rule is a thin shell call of one of these. Bad input (config, files, videos) ends
+with one line `vididi <stage>: error: ...` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .utils import VididiError, get_logger
+
+STAGES: dict[str, tuple[str, list[str]]] = {
+    # name: (help, extra arguments)
+    "generate": ("generate the synthetic dataset's videos", ["dataset"]),
+    "download": ("download and unpack a real dataset", ["dataset"]),
+    "manifest": ("list a dataset's videos and assign them to shards", ["dataset"]),
+    "extract": ("decode one shard's videos into an HDF5 shard", ["dataset", "shard"]),
+    "index": ("index the shards; list bad videos; measure derivative scales", ["dataset"]),
+    "pretrain": ("pretrain one run (resumes from its last checkpoint)", ["dataset", "run"]),
+    "features": ("extract frozen features of one run on one evaluation dataset", ["dataset", "run", "eval_dataset"]),
+    "retrieval": ("kNN video retrieval (Recall@k)", ["dataset", "run", "eval_dataset"]),
+    "probe": ("linear probe (top-1 / top-5)", ["dataset", "run", "eval_dataset"]),
+    "detection": ("temporal action detection (mAP at tIoU 0.3:0.7)", ["dataset", "run", "eval_dataset"]),
+    "attention": ("Grad-CAM attention maps and object-attention share", ["dataset", "run", "eval_dataset"]),
+    "summary": ("summary table of all runs of a dataset", ["dataset"]),
+    "figures": ("figures of a dataset's runs", ["dataset", "figure"]),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vididi", description="ViDiDi pipeline stages (see README.md)")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (help_text, extra) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", action="append", metavar="FILE",
+                       help="config file(s); later ones update earlier ones (default: config.yaml)")  # fmt: skip
+        p.add_argument("--dataset", required=True)
+        if "shard" in extra:
+            p.add_argument("--shard", type=int, required=True)
+        if "run" in extra:
+            p.add_argument("--run", required=True, help="run name, e.g. vicreg-vididi-small3d-s0")
+        if "eval_dataset" in extra:
+            p.add_argument("--eval-dataset", required=True)
+        if "figure" in extra:
+            p.add_argument("--figure", required=True, choices=["derivatives", "tsne", "attention", "curves", "bars"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log = get_logger()
+    started = time.time()
+    try:
+        from .config import load_config
+
+        config = load_config(args.config or ["config.yaml"])
+        if args.dataset not in config["datasets"]:
+            raise VididiError(f"dataset {args.dataset!r} is not in the config (datasets: {', '.join(config['datasets'])})")
+        _dispatch(args, config)
+    except VididiError as exc:
+        print(f"vididi {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vididi {args.stage}: interrupted", file=sys.stderr)
+        return 130
+    log.info("vididi %s done in %.1f s", args.stage, time.time() - started)
+    return 0
+
+
+def _dispatch(args: argparse.Namespace, config: dict) -> None:
+    stage, dataset = args.stage, args.dataset
+    if stage == "generate":
+        from .data.synthetic import generate
+        from .config import raw_dir
+
+        ds = config["datasets"][dataset]
+        if ds["source"] != "synthetic":
+            raise VididiError(f"dataset {dataset} is not synthetic (source: {ds['source']}); use `vididi download`")
+        generate(raw_dir(config, dataset), ds["synthetic"], seed=ds["seed"], workers=config["threads"])
+    elif stage == "manifest":
+        from .data.extract import write_manifest
+
+        write_manifest(config, dataset)
+    elif stage == "extract":
+        from .data.extract import extract_shard
+
+        extract_shard(config, dataset, args.shard)
+    elif stage == "index":
+        from .data.extract import build_index
+
+        _torch_threads(config)
+        build_index(config, dataset)
+    elif stage == "pretrain":
+        from .config import find_run
+        from .train import pretrain
+
+        _torch_threads(config)
+        pretrain(config, find_run(config, dataset, args.run))
+    else:
+        raise VididiError(f"stage {stage} is not available yet")
+
+
+def _torch_threads(config: dict) -> None:
+    import torch
+
+    torch.set_num_threads(config["threads"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Configuration: load YAML, fill defaults and validate against the JSON schema, expand runs.
+
+One code path for the Snakefile and the CLI. It imports only PyYAML and jsonschema (both come
+with Snakemake), so the Snakefile can use it on a host that has Snakemake but not torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import yaml
+
+from .utils import VididiError, config_hash
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")  # symlink to workflow/schemas/
+BACKBONES = ("small3d", "r3d_18", "r2plus1d_18", "mc3_18", "s3d")
+TRIMMED_SOURCES = ("synthetic", "ucf101", "hmdb51", "kinetics400", "folder")  # have labelled clips
+UNTRIMMED_SOURCES = ("synthetic", "thumos14")  # have untrimmed videos with segments
+NO_TRAINING = "random"  # framework: the randomly initialised encoder (the floor)
+
+
+class ConfigError(VididiError):
+    """A config key or value is wrong; the message names the key and what is allowed."""
+
+
+def load_config(paths: Iterable[str | Path], overrides: dict | None = None) -> dict:
+    """Read YAML files (later ones update earlier ones, recursively), then `resolve`."""
+    merged: dict = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        merged = deep_update(merged, data)
+    return resolve(deep_update(merged, overrides or {}))
+
+
+def deep_update(base: dict, update: dict) -> dict:
+    """A copy of `base` with `update` merged in; nested mappings merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve(config: dict) -> dict:
+    """Validate `config` against the schema with defaults filled in; check cross references."""
+    config = copy.deepcopy(config)
+    validator = _validator()
+    errors = list(validator.iter_errors(config))
+    if errors:
+        raise ConfigError(_describe(jsonschema.exceptions.best_match(errors)))
+    _check_references(config)
+    return config
+
+
+_SCHEMA_CACHE: dict = {}
+
+
+def schema() -> dict:
+    if "schema" not in _SCHEMA_CACHE:
+        _SCHEMA_CACHE["schema"] = yaml.safe_load(SCHEMA_PATH.read_text())
+    return _SCHEMA_CACHE["schema"]
+
+
+def _validator() -> jsonschema.protocols.Validator:
+    """A Draft 2020-12 validator that also fills in defaults (each a fresh copy, never shared)."""
+    base = jsonschema.Draft202012Validator
+    validate_properties = base.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for key, prop in properties.items():
+                if "default" in prop and key not in instance:
+                    instance[key] = copy.deepcopy(prop["default"])
+        yield from validate_properties(validator, properties, instance, subschema)
+
+    cls = jsonschema.validators.extend(base, {"properties": properties_with_defaults})
+    return cls(schema())
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One line naming the key and what is allowed."""
+    where = _path(error.absolute_path)
+    sub = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties":
+        allowed = sorted(sub.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        if allowed:
+            return f"config: {where}: unknown key {', '.join(map(repr, extra))} (allowed: {', '.join(allowed)})"
+        return f"config: {where}: {error.message}"
+    if error.validator == "enum":
+        return f"config: {where}: {error.instance!r} is not allowed (allowed: {', '.join(map(str, error.validator_value))})"
+    if error.validator == "required":
+        return f"config: {where}: {error.message}"
+    if error.validator == "oneOf":
+        choices = [_summarise(s) for s in error.validator_value]
+        return f"config: {where}: {error.instance!r} is not allowed (expected {' or '.join(choices)})"
+    return f"config: {where}: {error.message}"
+
+
+def _summarise(subschema: dict) -> str:
+    if "$ref" in subschema:
+        target = _resolve_ref(subschema["$ref"])
+        return _summarise(target)
+    if "enum" in subschema:
+        return "one of " + ", ".join(map(str, subschema["enum"]))
+    if subschema.get("type") == "array":
+        return "a list of " + _summarise(subschema.get("items", {}))
+    return str(subschema.get("type", "a value"))
+
+
+def _resolve_ref(ref: str) -> dict:
+    node: Any = schema()
+    for part in ref.lstrip("#/").split("/"):
+        node = node[part]
+    return node
+
+
+def _path(parts) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pretraining run: dataset x framework x variant x backbone x seed."""
+
+    dataset: str
+    framework: str
+    variant: str
+    backbone: str
+    seed: int
+    eval_datasets: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.framework}-{self.variant}-{self.backbone}-s{self.seed}"
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def expand_runs(config: dict) -> list[Run]:
+    """Every run the config asks for, in config order, without duplicates."""
+    runs: dict[tuple, Run] = {}
+    for entry in config["runs"]:
+        for dataset, framework, variant, backbone, seed in itertools.product(
+            *(_as_list(entry[k]) for k in ("dataset", "framework", "variant", "backbone", "seed"))
+        ):
+            evals = tuple(entry.get("eval_datasets") or [dataset])
+            run = Run(dataset, framework, variant, backbone, seed, evals)
+            runs.setdefault((dataset, run.name), run)
+    return list(runs.values())
+
+
+def find_run(config: dict, dataset: str, name: str) -> Run:
+    for run in expand_runs(config):
+        if run.dataset == dataset and run.name == name:
+            return run
+    known = ", ".join(r.name for r in expand_runs(config) if r.dataset == dataset) or "none"
+    raise ConfigError(f"no run {name!r} for dataset {dataset!r} in the config (runs: {known})")
+
+
+def _check_references(config: dict) -> None:
+    datasets, variants = config["datasets"], config["variants"]
+    for i, entry in enumerate(config["runs"]):
+        for key, known in (("dataset", datasets), ("variant", variants), ("backbone", BACKBONES)):
+            for value in _as_list(entry[key]):
+                if value not in known:
+                    raise ConfigError(f"config: runs[{i}].{key}: {value!r} is not defined (defined: {', '.join(known)})")
+        for value in entry.get("eval_datasets", []):
+            if value not in datasets:
+                raise ConfigError(f"config: runs[{i}].eval_datasets: {value!r} is not defined (defined: {', '.join(datasets)})")
+        for dataset in _as_list(entry["dataset"]):
+            if datasets[dataset]["source"] not in TRIMMED_SOURCES:
+                raise ConfigError(f"config: runs[{i}].dataset: {dataset!r} has no labelled clips to pretrain on")
+        for framework in _as_list(entry["framework"]):
+            if framework in ("supervised", NO_TRAINING):
+                for variant in _as_list(entry["variant"]):
+                    if variants[variant]["schedule"] != "frames_only":
+                        raise ConfigError(
+                            f"config: runs[{i}]: framework {framework!r} trains on frames only; "
+                            f"use a variant with schedule frames_only, not {variant!r}"
+                        )
+    for name, variant in variants.items():
+        schedule = variant["schedule"]
+        if isinstance(schedule, list) and len({tuple(p) for p in schedule}) != len(schedule):
+            raise ConfigError(f"config: variants.{name}.schedule: repeated order pairs")
+    for key in ("baseline", "vididi"):
+        if config["figures"][key] not in variants:
+            raise ConfigError(f"config: figures.{key}: {config['figures'][key]!r} is not a defined variant")
+
+
+# --------------------------------------------------------------------------------------------------
+# Paths and per-stage settings (what each output depends on, for hashing and metric files)
+
+
+def raw_dir(config: dict, dataset: str) -> Path:
+    root = config["datasets"][dataset]["root"]
+    return Path(root) if root else Path(config["data_dir"]) / "raw" / dataset
+
+
+def shard_dir(config: dict, dataset: str) -> Path:
+    return Path(config["data_dir"]) / "shards" / dataset
+
+
+def run_dir(config: dict, run: Run) -> Path:
+    return Path(config["results_dir"]) / run.dataset / "runs" / run.name
+
+
+def data_settings(config: dict, dataset: str) -> dict:
+    """What the shards of `dataset` depend on."""
+    ds = config["datasets"][dataset]
+    return {k: ds[k] for k in ("source", "root", "listing", "split", "seed", "synthetic", "extract")}
+
+
+def pretrain_settings(config: dict, run: Run) -> dict:
+    """What a pretraining run's weights depend on."""
+    settings = {
+        "run": run.name,
+        "data": data_settings(config, run.dataset),
+        "clips": config["datasets"][run.dataset]["clips"],
+        "pretrain": config["pretrain"],
+        "augment": config["augment"],
+        "backbone": {"name": run.backbone, **config["backbones"].get(run.backbone, {})},
+        "variant": {"name": run.variant, **config["variants"][run.variant]},
+        "seed": run.seed,
+    }
+    if run.framework in config["frameworks"]:
+        settings["framework"] = {"name": run.framework, **config["frameworks"][run.framework]}
+    else:
+        settings["framework"] = {"name": run.framework}
+    return settings
+
+
+def settings_hash(settings: Any) -> str:
+    return config_hash(settings)

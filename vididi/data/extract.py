@@ -1,0 +1,203 @@
+"""The extraction stages: list the videos (manifest), decode each shard's videos with ffmpeg into an
+HDF5 shard, then index the shards (index.tsv, dataset.json with the derivative scales, bad_videos.tsv).
+
+    data/shards/<dataset>/manifest.json     every listed video and the shard it goes to
+    data/shards/<dataset>/shard-00000.h5    frames of up to `shard_size` videos (see shards.py)
+    data/shards/<dataset>/index.tsv         one row per readable video: shard, first frame, count, ...
+    data/shards/<dataset>/dataset.json      classes, untrimmed segments, stats (mean, sigma_0..2)
+    data/shards/<dataset>/bad_videos.tsv    every video that was missing or could not be decoded, and why
+
+A shard is the unit of work (never a single video), written under a temporary name and renamed when
+complete. A video that cannot be decoded (zero bytes, truncated, not a video) is skipped and listed
+with its reason; the index stage fails only when more than `max_bad_fraction` of videos are bad.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .. import config as cfgmod
+from ..ffmpeg import decode
+from ..utils import VididiError, atomic_path, progress, write_json, write_text
+from .shards import DatasetIndex, FrameReader, ShardWriter, format_splits, read_video_table
+from .splits import list_dataset
+
+log = logging.getLogger("vididi")
+TRUNCATION_TOLERANCE = 0.9  # fewer decoded frames than this share of the header's count = truncated
+
+
+def write_manifest(config: dict, dataset: str) -> Path:
+    """List the dataset's videos and assign them to shards, in a stable order."""
+    ds = config["datasets"][dataset]
+    root = cfgmod.raw_dir(config, dataset)
+    if not root.is_dir():
+        raise VididiError(f"dataset {dataset}: video folder {root} not found")
+    source = "ucf101" if ds["source"] == "synthetic" else ds["source"]
+    listing, missing = list_dataset(source, root, **ds["listing"])
+    if not listing.videos:
+        raise VididiError(f"dataset {dataset}: no videos found under {root}")
+    size = ds["extract"]["shard_size"]
+    videos = [
+        {
+            "video_id": v.video_id, "path": v.path, "label": v.label, "untrimmed": v.untrimmed,
+            "splits": format_splits(v.splits), "shard": i // size,
+        }
+        for i, v in enumerate(listing.videos)
+    ]  # fmt: skip
+    manifest = {
+        "dataset": dataset,
+        "root": str(root),
+        "split": ds["split"],
+        "classes": listing.classes,
+        "n_shards": math.ceil(len(videos) / size),
+        "videos": videos,
+        "segments": [[s.video_id, s.start, s.end, s.label] for s in listing.segments],
+        "missing": [list(m) for m in missing],
+        "settings_hash": cfgmod.settings_hash(cfgmod.data_settings(config, dataset)),
+    }
+    out = cfgmod.shard_dir(config, dataset) / "manifest.json"
+    write_json(out, manifest)
+    log.info("%s: %d videos in %d shards (%d listed but missing)", dataset, len(videos), manifest["n_shards"], len(missing))
+    return out
+
+
+def read_manifest(config: dict, dataset: str) -> dict:
+    path = cfgmod.shard_dir(config, dataset) / "manifest.json"
+    if not path.is_file():
+        raise VididiError(f"{path} not found: run `vididi manifest --dataset {dataset}` first")
+    return json.loads(path.read_text())
+
+
+def extract_shard(config: dict, dataset: str, shard: int) -> Path:
+    """Decode the videos of one shard into `shard-NNNNN.h5` (atomically)."""
+    manifest = read_manifest(config, dataset)
+    if not 0 <= shard < manifest["n_shards"]:
+        raise VididiError(f"dataset {dataset} has shards 0..{manifest['n_shards'] - 1}, not {shard}")
+    ext = config["datasets"][dataset]["extract"]
+    root = Path(manifest["root"])
+    entries = [v for v in manifest["videos"] if v["shard"] == shard]
+    out = cfgmod.shard_dir(config, dataset) / f"shard-{shard:05d}.h5"
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs.update(dataset=dataset, shard=shard, settings_hash=manifest["settings_hash"])
+        writer = ShardWriter(h5, ext["encoding"], ext["jpeg_quality"])
+        for entry in progress(entries, desc=f"{dataset} shard {shard}", unit="video"):
+            meta = {k: entry[k] for k in ("video_id", "path", "splits", "label", "untrimmed")}
+            try:
+                video = decode(root / entry["path"], fps=ext["fps"], short_side=ext["short_side"])
+                count = writer.add_video(meta, video.frames, video.height, video.width, video.fps or 0.0)
+                if count == 0:
+                    raise VididiError("no frames decoded")
+                if video.expected_frames and count < TRUNCATION_TOLERANCE * video.expected_frames:
+                    raise VididiError(f"truncated: decoded {count} of {video.expected_frames} frames")
+            except VididiError as exc:
+                if writer.rows["video_id"] and writer.rows["video_id"][-1] == entry["video_id"]:
+                    _drop_last_video(writer)
+                reason = str(exc).removeprefix(f"{root / entry['path']}: ")
+                writer.add_bad(entry["video_id"], entry["path"], reason)
+                log.warning("bad video %s: %s", entry["path"], reason)
+        writer.close()
+    return out
+
+
+def _drop_last_video(writer: ShardWriter) -> None:
+    """Remove a video that decoded but failed a later check (e.g. truncated)."""
+    start = writer.rows["frame_start"][-1]
+    writer.data.resize((int(writer.offsets[start]),))
+    writer.offsets.resize((start + 1,))
+    for column in writer.rows.values():
+        column.pop()
+
+
+INDEX_COLUMNS = ("video_id", "shard", "frame_start", "n_frames", "height", "width", "fps", "label", "untrimmed", "splits")
+
+
+def build_index(config: dict, dataset: str) -> Path:
+    """Merge shard tables into index.tsv, collect bad videos, measure mean and derivative scales."""
+    manifest = read_manifest(config, dataset)
+    ds = config["datasets"][dataset]
+    folder = cfgmod.shard_dir(config, dataset)
+    rows = []
+    bad = [(Path(path).with_suffix("").as_posix(), path, f"missing: {reason}") for path, reason in manifest["missing"]]
+    for shard in range(manifest["n_shards"]):
+        path = folder / f"shard-{shard:05d}.h5"
+        if not path.is_file():
+            raise VididiError(f"{path} not found: run `vididi extract --dataset {dataset} --shard {shard}`")
+        table, shard_bad = read_video_table(path)
+        bad += shard_bad
+        for i in range(len(table["video_id"])):
+            rows.append([table["video_id"][i], shard] + [table[k][i] for k in INDEX_COLUMNS[2:]])
+
+    write_text(folder / "bad_videos.tsv", "video_id\tpath\treason\n" + "".join(f"{v}\t{p}\t{r}\n" for v, p, r in bad))
+    total = len(rows) + len(bad)
+    limit = ds["extract"]["max_bad_fraction"]
+    if total == 0 or len(bad) > limit * total:
+        raise VididiError(
+            f"dataset {dataset}: {len(bad)} of {total} videos are missing or unreadable "
+            f"(more than max_bad_fraction={limit}); see {folder / 'bad_videos.tsv'}"
+        )
+    lines = ["\t".join(INDEX_COLUMNS)]
+    for r in rows:
+        lines.append("\t".join(_cell(x) for x in r))
+    write_text(folder / "index.tsv", "\n".join(lines) + "\n")
+
+    info = {
+        "dataset": dataset,
+        "source": ds["source"],
+        "split": ds["split"],
+        "classes": manifest["classes"],
+        "segments": manifest["segments"],
+        "n_videos": len(rows),
+        "n_bad": len(bad),
+        "settings_hash": manifest["settings_hash"],
+        "stats": None,
+    }
+    write_json(folder / "dataset.json", info)  # stats need the index to read clips
+    info["stats"] = measure_stats(DatasetIndex.load(folder), ds["clips"], seed=ds["seed"])
+    write_json(folder / "dataset.json", info)
+    log.info("%s: indexed %d videos (%d bad); stats %s", dataset, len(rows), len(bad), info["stats"])
+    return folder / "index.tsv"
+
+
+def _cell(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "1" if value else "0"
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.6g}"
+    return str(value)
+
+
+def measure_stats(index: DatasetIndex, clips: dict, seed: int) -> dict:
+    """Per-channel mean of frames and sigma_k = std of the k-th derivative over random training clips.
+
+    Measured on frames in [0, 1], centred by the mean, at the dataset's clip length and stride
+    (METHOD.md: scaling by these constants keeps speed differences between videos).
+    """
+    import torch
+
+    from ..derivatives import measure_sigma
+    from .loader import clip_frame_numbers
+
+    train = index.select("train")
+    if len(train) == 0:
+        raise VididiError(f"{index.root}: no training videos to measure derivative scales on")
+    rng = np.random.default_rng([seed, 31337])
+    reader = FrameReader(index)
+    length = clips["frames"] + 2
+    batch = []
+    for video in rng.choice(train, size=clips["sigma_clips"], replace=True):
+        n = int(index.n_frames[video])
+        frames = clip_frame_numbers(n, length, clips["stride"], start=None, rng=rng)
+        batch.append(reader.read(video, frames))
+    reader.close()
+    # float64 sums: the mean of many uint8 frames must not lose digits
+    clips_f = [b.permute(1, 0, 2, 3).double() / 255 for b in batch]  # (C, L, H, W)
+    pixels = sum(c[0].numel() for c in clips_f)
+    mean = sum(c.sum(dim=(1, 2, 3)) for c in clips_f) / pixels
+    sigma = measure_sigma((c - mean[:, None, None, None] for c in clips_f), clips["frames"])
+    return {"mean": [float(m) for m in mean], "sigma": [float(s) for s in sigma], "clips": len(batch)}

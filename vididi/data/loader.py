@@ -1,0 +1,154 @@
+"""Clip datasets over the HDF5 shards.
+
+- `TrainClips`: two clips of T+2 frames at stride s from independent random start times of the same
+  video, each with its own spatial augmentation (METHOD.md), as uint8 (3, T+2, size, size).
+- `StepBatches`: the batch of training step k is a pure function of (seed, k): an endless stream of
+  seeded permutations of the training videos, cut into global batches; each DDP rank takes every
+  world-th item. Every item carries its own RNG key, so resuming at step k reproduces exactly what an
+  uninterrupted run would have seen, whatever the number of workers.
+- `EvalClips`: K uniformly spaced centre-cropped clips of T frames per video (order 0 at evaluation).
+- `WindowClips`: sliding windows over untrimmed videos, for detection.
+
+HDF5 files are opened lazily inside each worker (`FrameReader`), so `num_workers > 0` and persistent
+workers are safe.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .augment import ClipAugment, centre_crop
+from .shards import DatasetIndex, FrameReader
+
+
+def clip_span(length: int, stride: int) -> int:
+    """Frames of the video covered by a clip of `length` frames at `stride`."""
+    return (length - 1) * stride + 1
+
+
+def clip_frame_numbers(n_frames: int, length: int, stride: int, start: int | None = None,
+                       rng: np.random.Generator | None = None) -> np.ndarray:  # fmt: skip
+    """Frame numbers of a clip; `start=None` draws a uniform random start. A video shorter than the
+    clip's span repeats its last frame (documented: rare on real datasets, absent on synthetic)."""
+    room = max(0, n_frames - clip_span(length, stride))
+    if start is None:
+        start = int(rng.integers(0, room + 1))
+    return np.minimum(start + stride * np.arange(length), n_frames - 1)
+
+
+def uniform_starts(n_frames: int, span: int, k: int) -> np.ndarray:
+    """K clip starts spread evenly from the first to the last possible position."""
+    return np.round(np.linspace(0, max(0, n_frames - span), k)).astype(np.int64)
+
+
+class TrainClips(Dataset):
+    """Items are (video row, RNG key) pairs from `StepBatches`; returns (clip1, clip2, label)."""
+
+    def __init__(self, index: DatasetIndex, clips: dict, augment: dict):
+        self.index, self.reader = index, FrameReader(index)
+        self.length, self.stride = clips["frames"] + 2, clips["stride"]
+        self.augment = ClipAugment(augment, clips["size"])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: tuple[int, tuple[int, ...]]):
+        video, key = item
+        rng = np.random.default_rng(key)
+        n = int(self.index.n_frames[video])
+        views = []
+        for _ in range(2):  # independent start time and augmentation per clip
+            frames = clip_frame_numbers(n, self.length, self.stride, rng=rng)
+            views.append(self.augment(self.reader.read(video, frames), rng))
+        return views[0], views[1], int(self.index.label[video])
+
+
+class StepBatches(Sampler):
+    """Global batch k = positions [kB, (k+1)B) of concatenated seeded permutations of `videos`;
+    this rank yields the positions j with j % world == rank, each as (video row, (seed, k, j))."""
+
+    def __init__(self, videos: np.ndarray, batch_size: int, seed: int, start_step: int, total_steps: int,
+                 rank: int = 0, world: int = 1):  # fmt: skip
+        if batch_size % world:
+            raise ValueError(f"global batch {batch_size} is not divisible by {world} processes")
+        self.videos, self.batch_size, self.seed = np.asarray(videos), batch_size, seed
+        self.start_step, self.total_steps, self.rank, self.world = start_step, total_steps, rank, world
+        self._epoch, self._perm = -1, None
+
+    def _video_at(self, position: int) -> int:
+        epoch, offset = divmod(position, len(self.videos))
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.videos))
+        return int(self.videos[self._perm[offset]])
+
+    def batch(self, step: int) -> list[tuple[int, tuple[int, int, int]]]:
+        first = step * self.batch_size
+        return [(self._video_at(first + j), (self.seed, step, j)) for j in range(self.rank, self.batch_size, self.world)]
+
+    def __iter__(self):
+        for step in range(self.start_step, self.total_steps):
+            yield self.batch(step)
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step)
+
+
+class EvalClips(Dataset):
+    """Per video: K uniformly spaced centre-cropped clips of `frames` frames -> uint8 (K, 3, T, S, S)."""
+
+    def __init__(self, index: DatasetIndex, videos: np.ndarray, clips: dict, frames: int | None = None, k: int | None = None):
+        self.index, self.videos, self.reader = index, np.asarray(videos), FrameReader(index)
+        self.length = frames or clips["frames"]
+        self.stride, self.size, self.k = clips["stride"], clips["size"], k or clips["eval_clips"]
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i: int):
+        video = int(self.videos[i])
+        n = int(self.index.n_frames[video])
+        starts = uniform_starts(n, clip_span(self.length, self.stride), self.k)
+        clips = [centre_crop(self.reader.read(video, clip_frame_numbers(n, self.length, self.stride, s)), self.size)
+                 for s in starts]  # fmt: skip
+        return torch.stack(clips), int(self.index.label[video]), video
+
+
+def window_starts(n_frames: int, span: int, step: int) -> np.ndarray:
+    """Start frames of sliding windows covering the whole video (the last one flush with the end)."""
+    starts = np.arange(0, max(1, n_frames - span + 1), step)
+    if n_frames > span and starts[-1] != n_frames - span:
+        starts = np.append(starts, n_frames - span)
+    return starts
+
+
+class WindowClips(Dataset):
+    """Sliding windows over untrimmed videos: (clip (3, T, S, S), video row, start frame, end frame)."""
+
+    def __init__(self, index: DatasetIndex, videos: np.ndarray, clips: dict, step_fraction: float):
+        self.index, self.reader = index, FrameReader(index)
+        self.length, self.stride, self.size = clips["frames"], clips["stride"], clips["size"]
+        span = clip_span(self.length, self.stride)
+        step = max(1, int(round(span * step_fraction)))
+        self.items = [(int(v), int(s)) for v in videos for s in window_starts(int(index.n_frames[v]), span, step)]
+        self.span = span
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        video, start = self.items[i]
+        n = int(self.index.n_frames[video])
+        clip = centre_crop(self.reader.read(video, clip_frame_numbers(n, self.length, self.stride, start)), self.size)
+        return clip, video, start, min(n, start + self.span)
+
+
+def loader(dataset: Dataset, num_workers: int, batch_size: int | None = None, batch_sampler: Sampler | None = None) -> DataLoader:
+    """A DataLoader with the project's settings (persistent workers, modest prefetch)."""
+    kwargs = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
+    if num_workers > 0:
+        kwargs["prefetch_factor"] = 4
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)

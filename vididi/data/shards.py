@@ -1,0 +1,225 @@
+"""The HDF5 shard format: writing frames of many videos into one file, and reading clips back.
+
+A shard holds the frames of up to `shard_size` videos as ONE flat uint8 array (`data`) plus byte
+offsets per frame (`offsets`, n_frames + 1 entries). A frame is either a JPEG file (`encoding =
+"jpeg"`) or raw RGB bytes of shape (height, width, 3) (`encoding = "raw"`); reading frame i is always
+`data[offsets[i]:offsets[i+1]]`, so both encodings share one layout and one reader. Per video, the
+table `videos/*` gives its first frame, frame count, size, fps, label, split membership and source
+path; `bad/*` lists the videos of the shard that could not be decoded, with the reason.
+
+The dataset index (`index.tsv` + `dataset.json`, written by `vididi index`) points each video to its
+shard and first frame, so a reader never scans shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from ..utils import VididiError
+
+FORMAT_VERSION = 1
+_STR = h5py.string_dtype()
+VIDEO_FIELDS = {  # name -> dtype of the per-video table
+    "video_id": _STR, "path": _STR, "splits": _STR, "frame_start": np.int64, "n_frames": np.int32,
+    "height": np.int32, "width": np.int32, "fps": np.float32, "label": np.int32, "untrimmed": np.bool_,
+}  # fmt: skip
+
+
+def encode_frame(frame: np.ndarray, encoding: str, quality: int) -> bytes:
+    if encoding == "raw":
+        return frame.tobytes()
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+class ShardWriter:
+    """Appends videos to an open HDF5 file; a failed video is rolled back, so the shard stays consistent."""
+
+    def __init__(self, h5: h5py.File, encoding: str, jpeg_quality: int = 90, flush_frames: int = 64):
+        self.h5, self.encoding, self.quality, self.flush_frames = h5, encoding, jpeg_quality, flush_frames
+        h5.attrs.update(format_version=FORMAT_VERSION, encoding=encoding, jpeg_quality=jpeg_quality)
+        self.data = h5.create_dataset("data", (0,), np.uint8, maxshape=(None,), chunks=(1 << 18,))
+        self.offsets = h5.create_dataset("offsets", (1,), np.int64, maxshape=(None,), chunks=(4096,), data=[0])
+        self.rows: dict[str, list] = {k: [] for k in VIDEO_FIELDS}
+        self.bad: list[tuple[str, str, str]] = []
+
+    @property
+    def n_frames(self) -> int:
+        return self.offsets.shape[0] - 1
+
+    def add_video(self, meta: dict, frames, height: int, width: int, fps: float) -> int:
+        """Stream `frames` into the shard in blocks; return the frame count. On any exception the frames
+        written so far for this video are removed and the exception propagates."""
+        start_frame, start_byte = self.n_frames, int(self.offsets[-1])
+        pending: list[bytes] = []
+        try:
+            for frame in frames:
+                pending.append(encode_frame(frame, self.encoding, self.quality))
+                if len(pending) >= self.flush_frames:
+                    self._append(pending)
+                    pending = []
+            self._append(pending)
+        except BaseException:
+            self.data.resize((start_byte,))
+            self.offsets.resize((start_frame + 1,))
+            raise
+        count = self.n_frames - start_frame
+        row = {**meta, "frame_start": start_frame, "n_frames": count, "height": height, "width": width, "fps": fps}
+        for key in VIDEO_FIELDS:
+            self.rows[key].append(row[key])
+        return count
+
+    def _append(self, blobs: list[bytes]) -> None:
+        if not blobs:
+            return
+        sizes = np.fromiter((len(b) for b in blobs), np.int64, len(blobs))
+        end = int(self.offsets[-1])
+        self.data.resize((end + int(sizes.sum()),))
+        self.data[end:] = np.frombuffer(b"".join(blobs), np.uint8)
+        n = self.offsets.shape[0]
+        self.offsets.resize((n + len(blobs),))
+        self.offsets[n:] = end + np.cumsum(sizes)
+
+    def add_bad(self, video_id: str, path: str, reason: str) -> None:
+        self.bad.append((video_id, path, reason))
+
+    def close(self) -> None:
+        """Write the per-video table and the bad list (call once, before the file is closed)."""
+        table = self.h5.create_group("videos")
+        for key, dtype in VIDEO_FIELDS.items():
+            table.create_dataset(key, data=np.asarray(self.rows[key], dtype=dtype) if self.rows[key] else np.zeros(0, dtype))
+        bad = self.h5.create_group("bad")
+        for i, key in enumerate(("video_id", "path", "reason")):
+            bad.create_dataset(key, data=np.asarray([b[i] for b in self.bad], dtype=_STR) if self.bad else np.zeros(0, _STR))
+
+
+def read_video_table(path: str | Path) -> tuple[dict[str, np.ndarray], list[tuple[str, str, str]]]:
+    """The per-video table and bad list of a finished shard."""
+    with h5py.File(path, "r") as h5:
+        table = {k: h5["videos"][k][()] for k in VIDEO_FIELDS}
+        table["video_id"] = table["video_id"].astype(str)
+        table["path"] = table["path"].astype(str)
+        table["splits"] = table["splits"].astype(str)
+        bad = list(zip(*(h5["bad"][k][()].astype(str) for k in ("video_id", "path", "reason"))))
+    return table, bad
+
+
+def format_splits(splits: dict[str, str]) -> str:
+    """{"1": "train", "2": "test"} -> "1:train,2:test" (a TSV-friendly cell)."""
+    return ",".join(f"{k}:{v}" for k, v in sorted(splits.items()))
+
+
+def parse_splits(cell: str) -> dict[str, str]:
+    return dict(item.split(":", 1) for item in cell.split(",") if item)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class DatasetIndex:
+    """Everything a reader needs about a dataset's shards: one row per readable video."""
+
+    root: Path
+    classes: list[str]
+    video_id: np.ndarray
+    shard: np.ndarray
+    frame_start: np.ndarray
+    n_frames: np.ndarray
+    height: np.ndarray
+    width: np.ndarray
+    fps: np.ndarray
+    label: np.ndarray
+    untrimmed: np.ndarray
+    splits: list[dict[str, str]]
+    info: dict  # dataset.json: classes, segments, stats (mean, sigma), settings
+
+    @classmethod
+    def load(cls, root: str | Path) -> "DatasetIndex":
+        root = Path(root)
+        index_file, info_file = root / "index.tsv", root / "dataset.json"
+        for f in (index_file, info_file):
+            if not f.is_file():
+                raise VididiError(f"{f} not found: run the extraction stage first (`vididi index`)")
+        info = json.loads(info_file.read_text())
+        lines = index_file.read_text().splitlines()
+        header = lines[0].split("\t")
+        rows = [line.split("\t") for line in lines[1:] if line]
+        col = {name: [r[i] for r in rows] for i, name in enumerate(header)}
+        return cls(
+            root=root, classes=info["classes"], video_id=np.array(col["video_id"], dtype=object),
+            shard=np.array(col["shard"], np.int64), frame_start=np.array(col["frame_start"], np.int64),
+            n_frames=np.array(col["n_frames"], np.int64), height=np.array(col["height"], np.int64),
+            width=np.array(col["width"], np.int64), fps=np.array(col["fps"], np.float64),
+            label=np.array(col["label"], np.int64), untrimmed=np.array(col["untrimmed"]) == "1",
+            splits=[parse_splits(c) for c in col["splits"]], info=info,
+        )
+
+    def __len__(self) -> int:
+        return len(self.video_id)
+
+    def select(self, subset: str, split: str | None = None, untrimmed: bool = False) -> np.ndarray:
+        """Indices of the videos in `subset` ("train" | "test") of `split` (default: the dataset's)."""
+        split = split or self.info["split"]
+        return np.array(
+            [i for i, s in enumerate(self.splits) if s.get(split) == subset and self.untrimmed[i] == untrimmed],
+            np.int64,
+        )
+
+    def shard_path(self, shard: int) -> Path:
+        return self.root / f"shard-{shard:05d}.h5"
+
+    @property
+    def stats(self) -> dict:
+        return self.info["stats"]
+
+
+class FrameReader:
+    """Reads frames of indexed videos. Opens shard files lazily, once per process (safe in workers)."""
+
+    def __init__(self, index: DatasetIndex):
+        self.index = index
+        self._shards: dict[int, tuple] = {}
+        self._pid = os.getpid()
+
+    def _shard(self, shard: int) -> tuple:
+        if self._pid != os.getpid():  # forked into a worker: HDF5 handles are not shareable
+            self._shards, self._pid = {}, os.getpid()
+        if shard not in self._shards:
+            h5 = h5py.File(self.index.shard_path(shard), "r")
+            self._shards[shard] = (h5, h5["data"], h5["offsets"], h5.attrs["encoding"])
+        return self._shards[shard]
+
+    def read(self, video: int, frames: np.ndarray) -> torch.Tensor:
+        """Frames (n, 3, H, W) uint8 of video `video` (an index row) at frame numbers `frames`."""
+        _, data, offsets_ds, encoding = self._shard(int(self.index.shard[video]))
+        first = int(self.index.frame_start[video])
+        frames = np.asarray(frames, np.int64)
+        lo, hi = first + int(frames.min()), first + int(frames.max()) + 1
+        offsets = offsets_ds[lo : hi + 1]
+        blob = torch.from_numpy(data[offsets[0] : offsets[-1]])  # one contiguous read covers the clip
+        pieces = [blob[offsets[f] - offsets[0] : offsets[f + 1] - offsets[0]] for f in frames - (lo - first)]
+        if encoding == "raw":
+            height, width = int(self.index.height[video]), int(self.index.width[video])
+            return torch.stack(pieces).view(len(frames), height, width, 3).permute(0, 3, 1, 2)
+        return torch.stack(decode_jpeg(pieces, mode=ImageReadMode.RGB))
+
+    def close(self) -> None:
+        for h5, *_ in self._shards.values():
+            h5.close()
+        self._shards = {}
+
+    def __getstate__(self):  # picklable for DataLoader workers: never ship open handles
+        return {"index": self.index, "_shards": {}, "_pid": -1}

@@ -1,0 +1,198 @@
+"""Linear probe: multinomial logistic regression on standardised frozen features.
+
+Protocol:
+1. Carve a validation part out of the TRAIN split (`stratified_split`, seeded).
+2. For each candidate inverse regularisation strength C, fit StandardScaler + LogisticRegression on
+   the rest of the train split and measure top-1 accuracy on the validation part
+   (`select_regularisation`). The best C wins; equal scores go to the smallest C (the strongest
+   regularisation, i.e. the simplest model that does as well).
+3. Refit scaler + classifier with that C on the whole train split and report top-1 / top-5 accuracy on
+   the test split (`linear_probe`). The test split is used for nothing else.
+
+The classifier is scikit-learn's `LogisticRegression(solver="lbfgs")` with an L2 penalty, which is the
+multinomial (softmax) model whenever there are 3 or more classes; with exactly 2 classes it is the
+equivalent binary logistic model.
+
+Usage::
+
+    metrics = linear_probe(train_features, train_labels, test_features, test_labels, seed=0)
+    metrics["top1"], metrics["top5"], metrics["C"], metrics["val_scores"]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from vididi.utils import VididiError
+
+DEFAULT_CS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+DEFAULT_MAX_ITER = 1000
+
+
+def stratified_split(labels, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split sample indices into (fit, validation), class by class.
+
+    Rule: a class with n >= 2 samples sends round(val_fraction * n) of them, but at least 1 and at
+    most n - 1, to validation, chosen by a seeded permutation; a class with a single sample stays
+    entirely in the fit part (it cannot be both fitted and validated). Classes are visited in sorted
+    order with one `numpy.random.default_rng(seed)`, so the split depends only on (labels, fraction,
+    seed). Both index arrays are returned sorted.
+    """
+    labels = np.asarray(labels)
+    if not 0.0 < val_fraction < 1.0:
+        raise VididiError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    fit, val = [], []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        n = members.size
+        n_val = 0 if n < 2 else min(max(math.floor(val_fraction * n + 0.5), 1), n - 1)
+        shuffled = rng.permutation(members)
+        val.append(shuffled[:n_val])
+        fit.append(shuffled[n_val:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
+
+
+def select_regularisation(
+    train_x,
+    train_y,
+    Cs: Sequence[float] = DEFAULT_CS,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_iter: int = DEFAULT_MAX_ITER,
+) -> tuple[float, dict[float, float]]:
+    """Choose C on a validation part of the train split; returns (best_C, {C: validation top-1}).
+
+    Sees only train data. Ties in validation accuracy go to the smallest C.
+    """
+    x, y = _check_xy(train_x, train_y, "train")
+    Cs = _check_cs(Cs)
+    fit_idx, val_idx = stratified_split(y, val_fraction, seed)
+    if val_idx.size == 0:
+        raise VididiError(
+            "cannot choose the regularisation: no class has 2 or more training samples to validate on"
+        )
+    if np.unique(y[fit_idx]).size < 2:
+        raise VididiError("cannot choose the regularisation: the fit part holds fewer than 2 classes")
+    scaler = StandardScaler().fit(x[fit_idx])
+    fit_x, val_x = scaler.transform(x[fit_idx]), scaler.transform(x[val_idx])
+    val_scores: dict[float, float] = {}
+    for C in Cs:
+        clf, _ = _fit_classifier(fit_x, y[fit_idx], C, max_iter)
+        val_scores[C] = float(np.mean(clf.predict(val_x) == y[val_idx]))
+    best_score = max(val_scores.values())
+    best_C = min(C for C, score in val_scores.items() if score == best_score)
+    return best_C, val_scores
+
+
+def linear_probe(
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    Cs: Sequence[float] = DEFAULT_CS,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_iter: int = DEFAULT_MAX_ITER,
+) -> dict:
+    """Linear-probe accuracy of frozen features (protocol in the module docstring).
+
+    Returns a JSON-ready dict: top1, top5, top5_k (the k used for "top-5": min(5, n_classes)), C,
+    val_scores ({C: validation top-1}), n_train, n_test, n_classes (classes seen in training),
+    n_test_unseen_class (test samples whose class has no training sample: they count as errors, as
+    the classifier cannot output their class), final_fit_converged (False when lbfgs stopped at
+    max_iter; scikit-learn also warns with a ConvergenceWarning, for the selection fits too).
+    """
+    x, y = _check_xy(train_x, train_y, "train")
+    tx, ty = _check_xy(test_x, test_y, "test")
+    if tx.shape[1] != x.shape[1]:
+        raise VididiError(f"train and test feature sizes differ: {x.shape} vs {tx.shape}")
+    if (y.dtype.kind in "biuf") != (ty.dtype.kind in "biuf"):
+        raise VididiError(
+            f"train_y ({y.dtype}) and test_y ({ty.dtype}) must both be numbers or both strings"
+        )
+    if np.unique(y).size < 2:
+        raise VididiError(
+            f"the linear probe needs at least 2 classes in the train split, got {np.unique(y).size}"
+        )
+
+    best_C, val_scores = select_regularisation(x, y, Cs, val_fraction, seed, max_iter)
+    scaler = StandardScaler().fit(x)
+    clf, converged = _fit_classifier(scaler.transform(x), y, best_C, max_iter)
+    probabilities = clf.predict_proba(scaler.transform(tx))
+    top5_k = min(5, clf.classes_.size)
+    return {
+        "top1": top_k_accuracy(probabilities, clf.classes_, ty, 1),
+        "top5": top_k_accuracy(probabilities, clf.classes_, ty, top5_k),
+        "top5_k": top5_k,
+        "C": best_C,
+        "val_scores": val_scores,
+        "n_train": int(x.shape[0]),
+        "n_test": int(tx.shape[0]),
+        "n_classes": int(clf.classes_.size),
+        "n_test_unseen_class": int(np.sum(~np.isin(ty, clf.classes_))),
+        "final_fit_converged": converged,
+    }
+
+
+def top_k_accuracy(probabilities, classes, labels, k: int) -> float:
+    """Fraction of rows whose true label is among the k classes of highest probability.
+
+    `probabilities` is (n, n_classes) with columns in the order of `classes`. k is clamped to the
+    number of classes. Equal probabilities rank by column order (stable sort), so ties are
+    deterministic. A label that is not in `classes` is never a hit.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    classes = np.asarray(classes)
+    labels = np.asarray(labels)
+    if probabilities.ndim != 2 or probabilities.shape != (labels.shape[0], classes.shape[0]):
+        raise VididiError(
+            f"probabilities must have shape (len(labels), len(classes)) = "
+            f"({labels.shape[0]}, {classes.shape[0]}), got {probabilities.shape}"
+        )
+    if k < 1:
+        raise VididiError(f"k must be >= 1, got {k}")
+    if labels.shape[0] == 0:
+        raise VididiError("top-k accuracy needs at least one sample")
+    k = min(k, classes.shape[0])
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return float(np.mean((classes[top] == labels[:, None]).any(axis=1)))
+
+
+def _fit_classifier(
+    x: np.ndarray, y: np.ndarray, C: float, max_iter: int
+) -> tuple[LogisticRegression, bool]:
+    """L2 logistic regression (softmax for >= 3 classes); also says whether lbfgs converged."""
+    clf = LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter).fit(x, y)
+    return clf, bool(np.max(clf.n_iter_) < max_iter)
+
+
+def _check_xy(features, labels, split: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        x = np.asarray(features, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise VididiError(f"{split} features must be a numeric array: {err}") from None
+    y = np.asarray(labels)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise VididiError(
+            f"{split} features must be a non-empty 2-D array (samples, dims), got {x.shape}"
+        )
+    if y.shape != (x.shape[0],):
+        raise VididiError(f"{split} labels must have shape ({x.shape[0]},), got {y.shape}")
+    if not np.isfinite(x).all():
+        raise VididiError(f"{split} features contain NaN or inf")
+    return x, y
+
+
+def _check_cs(Cs: Sequence[float]) -> tuple[float, ...]:
+    Cs = tuple(float(C) for C in Cs)
+    if not Cs or not all(math.isfinite(C) and C > 0 for C in Cs):
+        raise VididiError(f"Cs must be a non-empty list of positive finite numbers, got {Cs}")
+    if len(set(Cs)) != len(Cs):
+        raise VididiError(f"Cs has duplicates: {Cs}")
+    return Cs

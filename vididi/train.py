@@ -1,0 +1,358 @@
+"""`vididi pretrain`: one run (dataset x framework x variant x backbone x seed), resumable.
+
+Per step k: the balanced schedule names an order pair (a, b); the two uint8 clips of each video go to
+the device, become centred float clips, and D_a(V), D_b(V') (derivatives.py) feed the framework's loss.
+
+Outputs in results/<dataset>/runs/<run>/:
+    checkpoints/last.pt   full training state, every `checkpoint_every` steps and at the end
+    checkpoints/final.pt  the trained encoder + what evaluation needs (the rule's output)
+    train_log.csv         step, epoch, loss, loss terms, order pair, lr, clips/s (one row per step)
+    train_info.json       wall time, steps, device, settings
+
+Crash safety: checkpoints are written atomically; re-running resumes from last.pt when it was made
+with the same settings (a checkpoint from other settings is moved aside, never deleted). Training is a
+pure function of (settings, step): the batch of step k, its augmentation and the order pair depend
+only on the seed and k, so a resumed CPU run reproduces an uninterrupted one bit for bit.
+A non-finite loss stops the run with a clear message; the last good checkpoint stays.
+
+Under `torchrun` the same command trains with DistributedDataParallel (NCCL on GPUs, gloo on CPU):
+`batch_size` is global, each rank loads its share of every global batch, BatchNorm statistics and
+SimCLR / VICReg embeddings span the global batch, and only rank 0 logs and writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import config as cfgmod
+from .data.loader import StepBatches, TrainClips, loader
+from .data.shards import DatasetIndex
+from .derivatives import derivative_view, to_float
+from .distributed import convert_sync_batchnorm, is_main, world
+from .frameworks import Framework, build_framework
+from .models import build_backbone
+from .schedule import BalancedSchedule
+from .utils import VididiError, atomic_path, get_logger, progress, write_json
+
+log = get_logger()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise VididiError("device: cuda was asked for but no GPU is visible (set device: auto or cpu)")
+    return torch.device(name)
+
+
+def build_model(settings: dict, num_classes: int) -> Framework | torch.nn.Module:
+    """The framework module of a run (or the bare encoder for the `random` floor), seeded."""
+    torch.manual_seed(settings["seed"])
+    backbone_opts = {k: v for k, v in settings["backbone"].items() if k != "name"}
+    backbone = build_backbone(settings["backbone"]["name"], **backbone_opts)
+    framework = settings["framework"]["name"]
+    if framework == cfgmod.NO_TRAINING:
+        return backbone
+    options = {k: v for k, v in settings["framework"].items() if k != "name"}
+    if framework == "supervised":
+        options["num_classes"] = num_classes
+    return build_framework(framework, backbone, options)
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then cosine decay to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress_ = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
+
+
+def make_optimizer(model: torch.nn.Module, pretrain: dict) -> torch.optim.Optimizer:
+    """AdamW or SGD; no weight decay on biases and normalisation parameters (1-d tensors)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": pretrain["weight_decay"]},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    if pretrain["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=pretrain["lr"], momentum=pretrain["momentum"])
+    return torch.optim.AdamW(groups, lr=pretrain["lr"])
+
+
+@dataclass
+class StepInput:
+    """What one training step needs besides the batch."""
+
+    mean: list[float]
+    sigma: list[float]
+    frames: int
+    scaling: str
+
+
+class Trainer:
+    """One optimisation step on uint8 clips already in memory: the hot path, kept small."""
+
+    def __init__(self, model, optimizer, scheduler, schedule: BalancedSchedule, step_input: StepInput,
+                 device: torch.device, precision: str, channels_last: bool, grad_clip: float | None,
+                 total_steps: int):  # fmt: skip
+        self.model, self.optimizer, self.scheduler, self.schedule = model, optimizer, scheduler, schedule
+        self.inp, self.device, self.grad_clip, self.total_steps = step_input, device, grad_clip, total_steps
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+        self.core = model.module if hasattr(model, "module") else model  # under DDP
+
+    def views(self, clip1: torch.Tensor, clip2: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """The two derivative views of step `step` (METHOD.md), on the device."""
+        a, b = self.schedule.pair(step)
+        x1 = to_float(clip1.to(self.device, non_blocking=True), self.inp.mean)
+        x2 = to_float(clip2.to(self.device, non_blocking=True), self.inp.mean)
+        v1 = derivative_view(x1, a, self.inp.frames, self.inp.scaling, self.inp.sigma)
+        v2 = derivative_view(x2, b, self.inp.frames, self.inp.scaling, self.inp.sigma)
+        return v1.contiguous(memory_format=self.memory_format), v2.contiguous(memory_format=self.memory_format), (a, b)
+
+    def step(self, step: int, clip1: torch.Tensor, clip2: torch.Tensor, labels: torch.Tensor):
+        v1, v2, pair = self.views(clip1, clip2, step)
+        with self.autocast:
+            loss, terms = self.model(v1, v2, labels.to(self.device, non_blocking=True))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.core.after_step(step, self.total_steps)
+        return loss.detach(), terms, pair
+
+
+def pretrain(config: dict, run: cfgmod.Run) -> Path:
+    """Train `run` to `pretrain.steps` steps (resuming if possible); return checkpoints/final.pt."""
+    settings = cfgmod.pretrain_settings(config, run)
+    settings_hash = cfgmod.settings_hash(settings)
+    out_dir = cfgmod.run_dir(config, run)
+    ckpt_dir = out_dir / "checkpoints"
+    rank, world_size = _init_distributed()
+    device = _rank_device(config["device"], rank)
+    index = DatasetIndex.load(cfgmod.shard_dir(config, run.dataset))
+    clips_cfg, pre = settings["clips"], settings["pretrain"]
+    model = build_model(settings, num_classes=len(index.classes)).to(device)
+    if pre["channels_last"]:
+        model = model.to(memory_format=torch.channels_last_3d)
+    started = time.time()
+
+    if run.framework == cfgmod.NO_TRAINING:  # the random-init floor: nothing to train
+        if is_main():
+            _write_final(ckpt_dir / "final.pt", model, settings, settings_hash, index, steps=0)
+            _write_info(out_dir, settings, steps=0, wall=time.time() - started, device=device, world_size=world_size)
+        return ckpt_dir / "final.pt"
+
+    optimizer = make_optimizer(model, pre)
+    total = pre["steps"]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, pre["warmup_steps"], pre["min_lr_ratio"])
+    )
+    start_step = _resume(ckpt_dir, settings_hash, model, optimizer, scheduler)
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            convert_sync_batchnorm(model), device_ids=[device.index] if device.type == "cuda" else None
+        )
+    schedule = BalancedSchedule(settings["variant"]["schedule"], seed=run.seed)
+    stats = index.stats
+    trainer = Trainer(
+        model, optimizer, scheduler, schedule,
+        StepInput(stats["mean"], stats["sigma"], clips_cfg["frames"], settings["variant"]["scaling"]),
+        device, pre["precision"], pre["channels_last"], pre["grad_clip"], total,
+    )  # fmt: skip
+    train_videos = index.select("train")
+    if len(train_videos) < pre["batch_size"]:
+        raise VididiError(f"{run.dataset}: {len(train_videos)} training videos, fewer than batch_size={pre['batch_size']}")
+    sampler = StepBatches(train_videos, pre["batch_size"], run.seed, start_step, total, rank, world_size)
+    batches = loader(TrainClips(index, clips_cfg, settings["augment"]), pre["num_workers"], batch_sampler=sampler)
+
+    logger = _TrainLog(out_dir / "train_log.csv", start_step, len(train_videos), pre["batch_size"]) if is_main() else None
+    model.train()
+    bar = progress(total=total, initial=start_step, desc=run.name, unit="step", disable=None if is_main() else True)
+    tick = time.time()
+    for step, (clip1, clip2, labels) in enumerate(batches, start=start_step):
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+        loss, terms, pair = trainer.step(step, clip1, clip2, labels)
+        if logger:
+            logger.add(step, loss, terms, pair, lr)
+        done = step + 1
+        checkpoint = done % pre["checkpoint_every"] == 0 or done == total
+        if done % pre["log_every"] == 0 or checkpoint:
+            rows = logger.flush(seconds=time.time() - tick) if logger else []
+            tick = time.time()
+            _check_finite(rows, loss, step, pair, ckpt_dir)
+            if rows:
+                last = rows[-1]
+                bar.set_postfix(loss=f"{last['loss']:.4g}", pair=last["pair"], lr=f"{last['lr']:.2e}", clips_s=last["clips_per_s"])
+            bar.update(done - bar.n)
+        if checkpoint:
+            if is_main():
+                _save_checkpoint(ckpt_dir / "last.pt", done, model, optimizer, scheduler, settings_hash)
+            if world_size > 1:
+                dist.barrier()
+    bar.close()
+    if is_main():
+        core = model.module if hasattr(model, "module") else model
+        _write_final(ckpt_dir / "final.pt", core, settings, settings_hash, index, steps=total)
+        _write_info(out_dir, settings, steps=total, wall=time.time() - started, device=device, world_size=world_size)
+    if world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return ckpt_dir / "final.pt"
+
+
+def _init_distributed() -> tuple[int, int]:
+    """Join the process group torchrun describes in the environment; (0, 1) without torchrun."""
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return world()
+
+
+def _rank_device(name: str, rank: int) -> torch.device:
+    device = resolve_device(name)
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return device
+
+
+def _check_finite(rows: list[dict], loss: torch.Tensor, step: int, pair, ckpt_dir: Path) -> None:
+    bad = [r for r in rows if not math.isfinite(r["loss"])]
+    if bad or not torch.isfinite(loss):
+        at, at_pair = (bad[0]["step"], bad[0]["pair"]) if bad else (step, f"{pair[0]}{pair[1]}")
+        raise VididiError(
+            f"non-finite loss at step {at} (order pair {at_pair}); stopped. The last good checkpoint is "
+            f"{ckpt_dir / 'last.pt'} (lower pretrain.lr or set pretrain.grad_clip)"
+        )
+
+
+class _TrainLog:
+    """train_log.csv: one row per step. Losses stay on the device until a flush (one sync per
+    `log_every` steps, not per step); a resumed run first drops rows past its checkpoint."""
+
+    def __init__(self, path: Path, start_step: int, n_videos: int, batch_size: int):
+        self.path, self.n_videos, self.batch_size = path, n_videos, batch_size
+        self.pending: list[tuple] = []
+        self.header: list[str] | None = None
+        if path.is_file():
+            with path.open() as f:
+                rows = list(csv.reader(f))
+            if rows:
+                self.header = rows[0]
+                kept = [r for r in rows[1:] if int(r[0]) < start_step]
+                with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+                    csv.writer(f).writerows([self.header, *kept])
+
+    def add(self, step: int, loss: torch.Tensor, terms: dict, pair, lr: float) -> None:
+        self.pending.append((step, loss, terms, pair, lr))
+
+    def flush(self, seconds: float) -> list[dict]:
+        """Append the pending steps (with the clip rate over `seconds`) to the CSV; return them."""
+        if not self.pending:
+            return []
+        rate = round(2 * self.batch_size * len(self.pending) / max(seconds, 1e-9), 1)
+        rows = [
+            {"step": step, "epoch": step * self.batch_size // self.n_videos, "loss": float(loss),
+             **{k: float(v) for k, v in terms.items()}, "pair": f"{pair[0]}{pair[1]}", "lr": lr, "clips_per_s": rate}
+            for step, loss, terms, pair, lr in self.pending
+        ]  # fmt: skip
+        self.pending = []
+        self.header = self.header or list(rows[0])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.header, extrasaction="ignore")
+            if f.tell() == 0:
+                writer.writeheader()
+            writer.writerows(rows)
+        return rows
+
+
+def _save_checkpoint(path: Path, step: int, model, optimizer, scheduler, settings_hash: str) -> None:
+    core = model.module if hasattr(model, "module") else model
+    state = {
+        "step": step,
+        "settings_hash": settings_hash,
+        "model": core.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng_torch": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _resume(ckpt_dir: Path, settings_hash: str, model, optimizer, scheduler) -> int:
+    """Load last.pt when it matches these settings; return the step to start from."""
+    path = ckpt_dir / "last.pt"
+    if not path.is_file():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # an unreadable checkpoint is set aside, never silently trusted
+        aside = path.with_name(f"last.unreadable-{int(time.time())}.pt")
+        path.rename(aside)
+        log.warning("checkpoint %s is unreadable (%s); moved to %s, starting over", path, exc, aside)
+        return 0
+    if state.get("settings_hash") != settings_hash:
+        aside = ckpt_dir.with_name(f"checkpoints.stale-{state.get('settings_hash')}")
+        ckpt_dir.rename(aside)
+        log.warning("the checkpoint was made with other settings; moved it to %s and starting over", aside)
+        return 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_torch"])
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    log.info("resuming from %s at step %d", path, state["step"])
+    return int(state["step"])
+
+
+def _write_final(path: Path, model, settings: dict, settings_hash: str, index: DatasetIndex, steps: int) -> None:
+    """The trained encoder and what evaluation needs to use it (loads with weights_only=True)."""
+    encoder = model.encoder if hasattr(model, "encoder") else model
+    state = {
+        "encoder": {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()},
+        "backbone": json.dumps(settings["backbone"]),
+        "settings_hash": settings_hash,
+        "steps": steps,
+        "stats": json.dumps(index.stats),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _write_info(out_dir: Path, settings: dict, steps: int, wall: float, device, world_size: int) -> None:
+    write_json(out_dir / "train_info.json", {
+        "steps": steps, "wall_seconds": round(wall, 1), "device": str(device), "processes": world_size,
+        "settings_hash": cfgmod.settings_hash(settings), "settings": settings,
+    })  # fmt: skip
+
+
+def load_encoder(path: str | Path, device: torch.device | str = "cpu"):
+    """(encoder in eval mode, backbone settings, dataset stats) from a final.pt."""
+    path = Path(path)
+    if not path.is_file():
+        raise VididiError(f"{path} not found: run the pretrain stage first")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    backbone = json.loads(state["backbone"])
+    encoder = build_backbone(backbone["name"], **{k: v for k, v in backbone.items() if k != "name"})
+    encoder.load_state_dict(state["encoder"])
+    return encoder.to(device).eval(), backbone, json.loads(state["stats"])

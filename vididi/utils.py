@@ -1,0 +1,127 @@
+"""Small pieces every stage shares: the user-error type, atomic writes, metric files, seeding, logs."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+class VididiError(Exception):
+    """Bad input from the user (config, files, videos). The CLI prints it as one line and exits 2."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    An interrupted writer therefore never leaves a file that looks complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def config_hash(obj: Any) -> str:
+    """Short stable hash of a JSON-able object (used to tie outputs to the settings that made them)."""
+    blob = json.dumps(obj, sort_keys=True, default=_json_default).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def versions() -> dict[str, str]:
+    """Versions of the interpreter and the libraries whose behaviour shapes a result."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("vididi", "torch", "torchvision", "numpy", "h5py", "scikit-learn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def write_metrics(path: str | os.PathLike, metrics: dict, protocol: dict, settings: Any) -> None:
+    """Write a metric file: the numbers, how they were measured, and what produced them."""
+    write_json(
+        path,
+        {
+            "metrics": metrics,
+            "protocol": protocol,
+            "config_hash": config_hash(settings),
+            "settings": settings,
+            "versions": versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.manual_seed(seed)
+
+
+def get_logger(name: str = "vididi", log_file: str | os.PathLike | None = None) -> logging.Logger:
+    """A logger that writes to stderr and, when given, to a file (one line per message)."""
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(fh)
+    return logger
+
+
+def progress(iterable=None, **kwargs):
+    """tqdm progress bar; quiet when VIDIDI_NO_PROGRESS is set (tests)."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("disable", bool(os.environ.get("VIDIDI_NO_PROGRESS")))
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("mininterval", 1.0)
+    return tqdm(iterable, **kwargs)

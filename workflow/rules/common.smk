@@ -1,0 +1,52 @@
+# Shared set-up: validate the config (one code path with the `vididi` CLI), expand runs, paths.
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir).parent))  # vididi.config needs only PyYAML + jsonschema
+
+from vididi import config as vc
+from vididi.utils import write_text
+
+try:
+    _resolved = vc.resolve(config)
+except vc.ConfigError as error:
+    sys.exit(f"vididi: {error}")
+config.clear()
+config.update(_resolved)
+
+DATA = Path(config["data_dir"])
+RESULTS = Path(config["results_dir"])
+RUNS = vc.expand_runs(config)
+
+# Every rule hands the CLI this file: the validated config of this invocation (config.yaml plus any
+# --configfile / --config overrides), rewritten only when it changes.
+CONFIG_FILE = RESULTS / "config.resolved.yaml"
+_text = json.dumps(config, indent=1, sort_keys=True) + "\n"
+if not CONFIG_FILE.is_file() or CONFIG_FILE.read_text() != _text:
+    write_text(CONFIG_FILE, _text)
+VIDIDI = f"vididi {{stage}} --config {CONFIG_FILE}"
+
+
+def vididi(stage):
+    """The shell prefix of a stage: `vididi <stage> --config results/config.resolved.yaml`."""
+    return VIDIDI.format(stage=stage)
+
+
+def data_hash(dataset):
+    return vc.settings_hash(vc.data_settings(config, dataset))
+
+
+def index_hash(dataset):
+    return vc.settings_hash([vc.data_settings(config, dataset), config["datasets"][dataset]["clips"]])
+
+
+def run_of(wildcards):
+    return vc.find_run(config, wildcards.dataset, wildcards.run)
+
+
+def all_outputs():
+    out = []
+    for run in RUNS:
+        out.append(RESULTS / run.dataset / "runs" / run.name / "checkpoints" / "final.pt")
+    return out

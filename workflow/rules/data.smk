@@ -1,0 +1,80 @@
+# Data stage: raw videos (generated or downloaded) -> manifest -> one extraction job per shard -> index.
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_.-]+",
+    shard=r"\d{5}",
+
+
+def raw_videos(wildcards):
+    """What the manifest needs: the generated/downloaded videos, or nothing for a user folder."""
+    ds = config["datasets"][wildcards.dataset]
+    if ds["source"] == "synthetic":
+        return DATA / "raw" / wildcards.dataset
+    if ds["root"]:
+        return []
+    return DATA / "raw" / wildcards.dataset / ".downloaded"
+
+
+rule generate:
+    output:
+        directory(DATA / "raw" / "{dataset}"),
+    log:
+        DATA / "logs" / "{dataset}" / "generate.log",
+    params:
+        cmd=vididi("generate"),
+        settings=lambda w: data_hash(w.dataset),
+    threads: config["threads"]
+    shell:
+        "{params.cmd} --dataset {wildcards.dataset} > {log} 2>&1"
+
+
+checkpoint manifest:
+    input:
+        raw_videos,
+    output:
+        DATA / "shards" / "{dataset}" / "manifest.json",
+    log:
+        DATA / "logs" / "{dataset}" / "manifest.log",
+    params:
+        cmd=vididi("manifest"),
+        settings=lambda w: data_hash(w.dataset),
+    shell:
+        "{params.cmd} --dataset {wildcards.dataset} > {log} 2>&1"
+
+
+rule extract:
+    input:
+        DATA / "shards" / "{dataset}" / "manifest.json",
+    output:
+        DATA / "shards" / "{dataset}" / "shard-{shard}.h5",
+    log:
+        DATA / "logs" / "{dataset}" / "extract-{shard}.log",
+    params:
+        cmd=vididi("extract"),
+        settings=lambda w: data_hash(w.dataset),
+    shell:
+        "{params.cmd} --dataset {wildcards.dataset} --shard {wildcards.shard} > {log} 2>&1"
+
+
+def shards(wildcards):
+    manifest = checkpoints.manifest.get(dataset=wildcards.dataset).output[0]
+    n_shards = json.loads(Path(manifest).read_text())["n_shards"]
+    return [DATA / "shards" / wildcards.dataset / f"shard-{i:05d}.h5" for i in range(n_shards)]
+
+
+rule index:
+    input:
+        shards,
+    output:
+        index=DATA / "shards" / "{dataset}" / "index.tsv",
+        info=DATA / "shards" / "{dataset}" / "dataset.json",
+        bad=DATA / "shards" / "{dataset}" / "bad_videos.tsv",
+    log:
+        DATA / "logs" / "{dataset}" / "index.log",
+    params:
+        cmd=vididi("index"),
+        settings=lambda w: index_hash(w.dataset),
+    threads: config["threads"]
+    shell:
+        "{params.cmd} --dataset {wildcards.dataset} > {log} 2>&1"
