@@ -94,13 +94,42 @@ def _dispatch(args: argparse.Namespace, config: dict) -> None:
         _torch_threads(config)
         build_index(config, dataset)
     elif stage == "pretrain":
-        from .config import find_run
         from .train import pretrain
 
         _torch_threads(config)
-        pretrain(config, find_run(config, dataset, args.run))
+        pretrain(config, _run(config, args))
+    elif stage == "features":
+        from .features import extract_features
+
+        _torch_threads(config)
+        extract_features(config, _run(config, args), _eval_dataset(config, args))
+    elif stage in ("retrieval", "probe", "detection"):
+        from . import evaluate
+        from .config import metric_stages
+
+        run, eval_dataset = _run(config, args), _eval_dataset(config, args)
+        if stage not in metric_stages(config, eval_dataset):
+            raise VididiError(f"{stage} does not apply to {eval_dataset} (it has: {', '.join(metric_stages(config, eval_dataset))})")
+        getattr(evaluate, stage)(config, run, eval_dataset)
+    elif stage == "summary":
+        from .summary import write_summary
+
+        write_summary(config, dataset)
     else:
         raise VididiError(f"stage {stage} is not available yet")
+
+
+def _run(config: dict, args: argparse.Namespace):
+    from .config import find_run
+
+    return find_run(config, args.dataset, args.run)
+
+
+def _eval_dataset(config: dict, args: argparse.Namespace) -> str:
+    run = _run(config, args)
+    if args.eval_dataset not in run.eval_datasets:
+        raise VididiError(f"run {run.name} is not evaluated on {args.eval_dataset!r} (eval_datasets: {', '.join(run.eval_datasets)})")
+    return args.eval_dataset
 
 
 def _torch_threads(config: dict) -> None:

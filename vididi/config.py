@@ -216,6 +216,26 @@ def _check_references(config: dict) -> None:
 # Paths and per-stage settings (what each output depends on, for hashing and metric files)
 
 
+def has_trimmed(config: dict, dataset: str) -> bool:
+    """Labelled clips with a train/test split (retrieval, linear probe)."""
+    return config["datasets"][dataset]["source"] in TRIMMED_SOURCES
+
+
+def has_untrimmed(config: dict, dataset: str) -> bool:
+    """Untrimmed videos with action segments in both subsets (detection)."""
+    ds = config["datasets"][dataset]
+    if ds["source"] == "synthetic":
+        return ds["synthetic"]["untrimmed"]["train"] > 0 and ds["synthetic"]["untrimmed"]["test"] > 0
+    return ds["source"] in UNTRIMMED_SOURCES
+
+
+def metric_stages(config: dict, dataset: str) -> list[str]:
+    """The metric stages that apply to an evaluation dataset."""
+    return (["retrieval", "probe"] if has_trimmed(config, dataset) else []) + (
+        ["detection"] if has_untrimmed(config, dataset) else []
+    )
+
+
 def raw_dir(config: dict, dataset: str) -> Path:
     root = config["datasets"][dataset]["root"]
     return Path(root) if root else Path(config["data_dir"]) / "raw" / dataset

@@ -45,8 +45,22 @@ def run_of(wildcards):
     return vc.find_run(config, wildcards.dataset, wildcards.run)
 
 
+def eval_hash(wildcards):
+    """What evaluation outputs depend on beyond their input files."""
+    return vc.settings_hash([config["evaluation"], config["datasets"][wildcards.eval_dataset]["clips"]])
+
+
+def metric_files(dataset):
+    """Every metric file of the runs pretrained on `dataset`."""
+    return [
+        RESULTS / run.dataset / "runs" / run.name / "metrics" / f"{stage}-{eval_dataset}.json"
+        for run in RUNS
+        if run.dataset == dataset
+        for eval_dataset in run.eval_datasets
+        for stage in vc.metric_stages(config, eval_dataset)
+    ]
+
+
 def all_outputs():
-    out = []
-    for run in RUNS:
-        out.append(RESULTS / run.dataset / "runs" / run.name / "checkpoints" / "final.pt")
-    return out
+    datasets = sorted({run.dataset for run in RUNS})
+    return [RESULTS / dataset / "summary.md" for dataset in datasets]

@@ -1,0 +1,142 @@
+"""`vididi summary`: results/<dataset>/summary.csv and summary.md for the runs pretrained on <dataset>.
+
+summary.csv: one row per run and evaluation dataset (framework, variant, backbone, seed, Recall@k,
+probe top-1/top-5, detection mAP@0.5 and the mean over tIoUs, analysis numbers when present,
+training steps, wall times). summary.md: the same aggregated over seeds (mean +/- std when there are
+several), then, for each framework x backbone, every variant's difference to the baseline variant
+(`figures.baseline`, default `base`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import config as cfgmod
+from .utils import VididiError, write_text
+
+METRIC_COLUMNS = {  # file stem -> (metric key -> column)
+    "retrieval": {"R@1": "R@1", "R@5": "R@5", "R@10": "R@10", "R@20": "R@20", "R@50": "R@50"},
+    "probe": {"top1": "probe_top1", "top5": "probe_top5"},
+    "detection": {"mAP@0.5": "det_mAP@0.5", "mAP_mean": "det_mAP_mean"},
+    "analysis": {"silhouette": "silhouette", "object_attention": "object_attention"},
+}
+KEY_COLUMNS = ["framework", "variant", "backbone", "seed", "eval_dataset"]
+COST_COLUMNS = ["steps", "pretrain_s", "eval_s"]
+
+
+def _read_metrics(path: Path) -> dict:
+    if not path.is_file():
+        raise VididiError(f"{path} not found: run its stage first")
+    return json.loads(path.read_text())["metrics"]
+
+
+def _benchmark_seconds(path: Path) -> float | None:
+    """Wall seconds from a Snakemake `benchmark:` file (None when the stage ran outside Snakemake)."""
+    if not path.is_file():
+        return None
+    rows = list(csv.DictReader(path.open(), delimiter="\t"))
+    return float(rows[0]["s"]) if rows else None
+
+
+def collect_rows(config: dict, dataset: str, with_analysis: bool = False) -> list[dict]:
+    rows = []
+    for run in cfgmod.expand_runs(config):
+        if run.dataset != dataset:
+            continue
+        base = cfgmod.run_dir(config, run)
+        info_path = base / "train_info.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        pretrain_s = _benchmark_seconds(base / "benchmarks" / "pretrain.tsv") or info.get("wall_seconds")
+        for eval_dataset in run.eval_datasets:
+            row = {"framework": run.framework, "variant": run.variant, "backbone": run.backbone,
+                   "seed": run.seed, "eval_dataset": eval_dataset}  # fmt: skip
+            stages = cfgmod.metric_stages(config, eval_dataset) + (["analysis"] if with_analysis else [])
+            eval_s = 0.0
+            for stage in stages:
+                metrics = _read_metrics(base / "metrics" / f"{stage}-{eval_dataset}.json")
+                for key, column in METRIC_COLUMNS[stage].items():
+                    if key in metrics:
+                        row[column] = metrics[key]
+            for stage in ["features", *stages]:
+                eval_s += _benchmark_seconds(base / "benchmarks" / f"{stage}-{eval_dataset}.tsv") or 0.0
+            row.update(steps=info.get("steps"), pretrain_s=pretrain_s, eval_s=round(eval_s, 1) or None)
+            rows.append(row)
+    if not rows:
+        raise VididiError(f"no runs pretrained on {dataset} in the config")
+    return rows
+
+
+def _metric_columns(rows: list[dict]) -> list[str]:
+    ordered = [c for stage in METRIC_COLUMNS.values() for c in stage.values()]
+    return [c for c in ordered if any(c in r for r in rows)]
+
+
+def write_summary(config: dict, dataset: str, with_analysis: bool = False) -> Path:
+    rows = collect_rows(config, dataset, with_analysis)
+    metrics = _metric_columns(rows)
+    out_dir = Path(config["results_dir"]) / dataset
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=KEY_COLUMNS + metrics + COST_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out_dir / "summary.csv", buf.getvalue())
+    write_text(out_dir / "summary.md", markdown(rows, metrics, config["figures"]["baseline"], dataset))
+    return out_dir / "summary.csv"
+
+
+def _group(rows: list[dict], keys: list[str]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    return groups
+
+
+def _fmt(values: list[float], percent: bool) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    scale = 100.0 if percent else 1.0
+    mean = scale * float(np.mean(values))
+    if len(values) > 1:
+        return f"{mean:.1f} ± {scale * float(np.std(values, ddof=1)):.1f}"
+    return f"{mean:.1f}" if percent else f"{mean:.3f}"
+
+
+def _is_percent(column: str) -> bool:
+    return column not in ("silhouette",)
+
+
+def markdown(rows: list[dict], metrics: list[str], baseline: str, dataset: str) -> str:
+    keys = ["framework", "variant", "backbone", "eval_dataset"]
+    lines = [f"# Results: pretrained on {dataset}", "",
+             "Metrics in % (silhouette: raw score); mean ± std over seeds when there are several.", "",
+             "| " + " | ".join(keys + ["seeds"] + metrics + ["pretrain s"]) + " |",
+             "|" + "---|" * (len(keys) + len(metrics) + 2)]  # fmt: skip
+    groups = _group(rows, keys)
+    for key, members in groups.items():
+        cells = [str(k) for k in key] + [str(len(members))]
+        cells += [_fmt([m.get(c) for m in members], _is_percent(c)) for c in metrics]
+        cells.append(_fmt([m.get("pretrain_s") for m in members], percent=False).split(".")[0])
+        lines.append("| " + " | ".join(cells) + " |")
+    diffs = []
+    for (framework, variant, backbone, eval_dataset), members in groups.items():
+        base = groups.get((framework, baseline, backbone, eval_dataset))
+        if variant == baseline or base is None:
+            continue
+        cells = [framework, backbone, eval_dataset, f"{variant} − {baseline}"]
+        for c in metrics:
+            a = [m.get(c) for m in members if m.get(c) is not None]
+            b = [m.get(c) for m in base if m.get(c) is not None]
+            scale = 100.0 if _is_percent(c) else 1.0
+            cells.append(f"{scale * (np.mean(a) - np.mean(b)):+.1f}" if a and b else "-")
+        diffs.append("| " + " | ".join(cells) + " |")
+    if diffs:
+        lines += ["", f"## Difference to the baseline variant `{baseline}` (means over seeds; points)", "",
+                  "| framework | backbone | eval_dataset | difference | " + " | ".join(metrics) + " |",
+                  "|" + "---|" * (4 + len(metrics)), *diffs]  # fmt: skip
+    return "\n".join(lines) + "\n"
