@@ -15,7 +15,6 @@ from .utils import VididiError, get_logger
 STAGES: dict[str, tuple[str, list[str]]] = {
     # name: (help, extra arguments)
     "generate": ("generate the synthetic dataset's videos", ["dataset"]),
-    "download": ("download and unpack a real dataset", ["dataset"]),
     "manifest": ("list a dataset's videos and assign them to shards", ["dataset"]),
     "extract": ("decode one shard's videos into an HDF5 shard", ["dataset", "shard"]),
     "index": ("index the shards; list bad videos; measure derivative scales", ["dataset"]),
@@ -24,7 +23,7 @@ STAGES: dict[str, tuple[str, list[str]]] = {
     "retrieval": ("kNN video retrieval (Recall@k)", ["dataset", "run", "eval_dataset"]),
     "probe": ("linear probe (top-1 / top-5)", ["dataset", "run", "eval_dataset"]),
     "detection": ("temporal action detection (mAP at tIoU 0.3:0.7)", ["dataset", "run", "eval_dataset"]),
-    "attention": ("Grad-CAM attention maps and object-attention share", ["dataset", "run", "eval_dataset"]),
+    "attention": ("silhouette, Grad-CAM attention maps and object-attention share", ["dataset", "run", "eval_dataset"]),
     "summary": ("summary table of all runs of a dataset", ["dataset"]),
     "figures": ("figures of a dataset's runs", ["dataset", "figure"]),
 }
@@ -111,12 +110,22 @@ def _dispatch(args: argparse.Namespace, config: dict) -> None:
         if stage not in metric_stages(config, eval_dataset):
             raise VididiError(f"{stage} does not apply to {eval_dataset} (it has: {', '.join(metric_stages(config, eval_dataset))})")
         getattr(evaluate, stage)(config, run, eval_dataset)
+    elif stage == "attention":
+        from .analyze import analyse
+
+        _torch_threads(config)
+        analyse(config, _run(config, args), _eval_dataset(config, args))
+    elif stage == "figures":
+        from .figures import make_figure
+
+        _torch_threads(config)
+        make_figure(config, dataset, args.figure)
     elif stage == "summary":
         from .summary import write_summary
 
         write_summary(config, dataset)
-    else:
-        raise VididiError(f"stage {stage} is not available yet")
+    else:  # every stage in STAGES is handled above
+        raise AssertionError(f"unhandled stage {stage}")
 
 
 def _run(config: dict, args: argparse.Namespace):

@@ -43,7 +43,7 @@ def _benchmark_seconds(path: Path) -> float | None:
     return float(rows[0]["s"]) if rows else None
 
 
-def collect_rows(config: dict, dataset: str, with_analysis: bool = False) -> list[dict]:
+def collect_rows(config: dict, dataset: str) -> list[dict]:
     rows = []
     for run in cfgmod.expand_runs(config):
         if run.dataset != dataset:
@@ -55,7 +55,9 @@ def collect_rows(config: dict, dataset: str, with_analysis: bool = False) -> lis
         for eval_dataset in run.eval_datasets:
             row = {"framework": run.framework, "variant": run.variant, "backbone": run.backbone,
                    "seed": run.seed, "eval_dataset": eval_dataset}  # fmt: skip
-            stages = cfgmod.metric_stages(config, eval_dataset) + (["analysis"] if with_analysis else [])
+            stages = cfgmod.metric_stages(config, eval_dataset)
+            if cfgmod.has_trimmed(config, eval_dataset):
+                stages.append("analysis")
             eval_s = 0.0
             for stage in stages:
                 metrics = _read_metrics(base / "metrics" / f"{stage}-{eval_dataset}.json")
@@ -76,8 +78,8 @@ def _metric_columns(rows: list[dict]) -> list[str]:
     return [c for c in ordered if any(c in r for r in rows)]
 
 
-def write_summary(config: dict, dataset: str, with_analysis: bool = False) -> Path:
-    rows = collect_rows(config, dataset, with_analysis)
+def write_summary(config: dict, dataset: str) -> Path:
+    rows = collect_rows(config, dataset)
     metrics = _metric_columns(rows)
     out_dir = Path(config["results_dir"]) / dataset
     buf = io.StringIO()

@@ -19,7 +19,7 @@ DATA = Path(config["data_dir"])
 RESULTS = Path(config["results_dir"])
 RUNS = vc.expand_runs(config)
 
-# Every rule hands the CLI this file: the validated config of this invocation (config.yaml plus any
+# All jobs hand the CLI this file, the validated config of this invocation (config.yaml plus any
 # --configfile / --config overrides), rewritten only when it changes.
 CONFIG_FILE = RESULTS / "config.resolved.yaml"
 _text = json.dumps(config, indent=1, sort_keys=True) + "\n"
@@ -51,16 +51,71 @@ def eval_hash(wildcards):
 
 
 def metric_files(dataset):
-    """Every metric file of the runs pretrained on `dataset`."""
+    """Every metric file (analysis included) of the runs pretrained on `dataset`."""
     return [
         RESULTS / run.dataset / "runs" / run.name / "metrics" / f"{stage}-{eval_dataset}.json"
         for run in RUNS
         if run.dataset == dataset
         for eval_dataset in run.eval_datasets
-        for stage in vc.metric_stages(config, eval_dataset)
+        for stage in vc.metric_stages(config, eval_dataset) + (["analysis"] if vc.has_trimmed(config, eval_dataset) else [])
     ]
 
 
 def all_outputs():
-    datasets = sorted({run.dataset for run in RUNS})
-    return [RESULTS / dataset / "summary.md" for dataset in datasets]
+    from vididi.figures import available_figures
+
+    out = []
+    for dataset in sorted({run.dataset for run in RUNS}):
+        out.append(RESULTS / dataset / "summary.md")
+        out += [RESULTS / dataset / "figures" / f"{name}.png" for name in available_figures(config, dataset)]
+    return out
+
+
+def raw_videos(wildcards):
+    """What the manifest needs: the generated/downloaded videos, or nothing for a user folder."""
+    ds = config["datasets"][wildcards.dataset]
+    if ds["source"] == "synthetic":
+        return DATA / "raw" / wildcards.dataset
+    if ds["root"]:
+        return []
+    return DATA / "raw" / wildcards.dataset / ".downloaded"
+
+
+def shard_files(wildcards):
+    manifest = checkpoints.manifest.get(dataset=wildcards.dataset).output[0]
+    n_shards = json.loads(Path(manifest).read_text())["n_shards"]
+    return [DATA / "shards" / wildcards.dataset / f"shard-{i:05d}.h5" for i in range(n_shards)]
+
+
+def pretrain_launcher(wildcards):
+    """`vididi pretrain`, or torchrun with one process per GPU when a run asks for several."""
+    gpus = config["pretrain"]["gpus"]
+    if gpus > 1:
+        return f"torchrun --standalone --nproc_per_node {gpus} -m vididi.cli pretrain --config {CONFIG_FILE}"
+    return vididi("pretrain")
+
+
+def figure_inputs(wildcards):
+    """What each figure is drawn from."""
+    from vididi.figures import comparison_runs
+
+    dataset, name = wildcards.dataset, wildcards.figure
+    if name == "derivatives":
+        return [DATA / "shards" / dataset / "index.tsv"]
+    if name == "bars":
+        return [RESULTS / dataset / "summary.csv"]
+    if name == "curves":
+        return [RESULTS / dataset / "runs" / r.name / "checkpoints" / "final.pt" for r in RUNS if r.dataset == dataset]
+    runs = comparison_runs(config, dataset)
+    stem = {"tsne": "metrics/analysis-{d}.json", "attention": "analysis/attention-{d}.h5"}[name]
+    extra = [RESULTS / dataset / "runs" / r.name / "features" / f"{dataset}.h5" for r in runs] if name == "tsne" else []
+    return [RESULTS / dataset / "runs" / r.name / stem.format(d=dataset) for r in runs] + extra
+
+
+FIGURE_CAPTIONS = {
+    "derivatives": "Test clips as frames (order 0) and their 1st and 2nd temporal derivatives.",
+    "tsne": "t-SNE of the test features of the classes with the most test videos; silhouette (cosine, full-dimensional features) in each title. Baseline vs ViDiDi (paper Fig. 4).",
+    "attention": "Grad-CAM attention of the encoder's last block: frames | baseline | ViDiDi (paper Fig. 5).",
+    "curves": "Training loss and its terms per framework; baseline dashed, ViDiDi solid.",
+    "bars": "Retrieval R@1, linear-probe top-1 and detection mAP@0.5 on the test split, baseline vs ViDiDi.",
+}

@@ -6,16 +6,6 @@ wildcard_constraints:
     shard=r"\d{5}",
 
 
-def raw_videos(wildcards):
-    """What the manifest needs: the generated/downloaded videos, or nothing for a user folder."""
-    ds = config["datasets"][wildcards.dataset]
-    if ds["source"] == "synthetic":
-        return DATA / "raw" / wildcards.dataset
-    if ds["root"]:
-        return []
-    return DATA / "raw" / wildcards.dataset / ".downloaded"
-
-
 rule generate:
     output:
         directory(DATA / "raw" / "{dataset}"),
@@ -57,15 +47,9 @@ rule extract:
         "{params.cmd} --dataset {wildcards.dataset} --shard {wildcards.shard} > {log} 2>&1"
 
 
-def shards(wildcards):
-    manifest = checkpoints.manifest.get(dataset=wildcards.dataset).output[0]
-    n_shards = json.loads(Path(manifest).read_text())["n_shards"]
-    return [DATA / "shards" / wildcards.dataset / f"shard-{i:05d}.h5" for i in range(n_shards)]
-
-
 rule index:
     input:
-        shards,
+        shard_files,
     output:
         index=DATA / "shards" / "{dataset}" / "index.tsv",
         info=DATA / "shards" / "{dataset}" / "dataset.json",

@@ -47,7 +47,7 @@ rule summary:
     input:
         lambda w: metric_files(w.dataset),
     output:
-        csv=RESULTS / "{dataset}" / "summary.csv",
+        csv=report(RESULTS / "{dataset}" / "summary.csv", caption="../report/summary.rst", category="Results"),
         md=RESULTS / "{dataset}" / "summary.md",
     log:
         RESULTS / "{dataset}" / "logs" / "summary.log",
@@ -55,3 +55,21 @@ rule summary:
         cmd=vididi("summary"),
     shell:
         "{params.cmd} --dataset {wildcards.dataset} > {log} 2>&1"
+
+
+rule analysis:
+    input:
+        RUN_DIR / "features" / "{eval_dataset}.h5",
+    output:
+        metrics=RUN_DIR / "metrics" / "analysis-{eval_dataset}.json",
+        maps=RUN_DIR / "analysis" / "attention-{eval_dataset}.h5",
+    log:
+        RUN_DIR / "logs" / "analysis-{eval_dataset}.log",
+    benchmark:
+        RUN_DIR / "benchmarks" / "analysis-{eval_dataset}.tsv"
+    params:
+        cmd=vididi("attention"),
+        settings=lambda w: vc.settings_hash([eval_hash(w), config["figures"]]),
+    threads: config["threads"]
+    shell:
+        "{params.cmd} --dataset {wildcards.dataset} --run {wildcards.run} --eval-dataset {wildcards.eval_dataset} > {log} 2>&1"

@@ -1,14 +1,6 @@
 # Pretraining: one job per run (dataset x framework x variant x backbone x seed), resumable.
 
 
-def pretrain_launcher(wildcards):
-    """`vididi pretrain`, or torchrun with one process per GPU when a run asks for several."""
-    gpus = config["pretrain"]["gpus"]
-    if gpus > 1:
-        return f"torchrun --standalone --nproc_per_node {gpus} -m vididi.cli pretrain --config {CONFIG_FILE}"
-    return vididi("pretrain")
-
-
 rule pretrain:
     input:
         index=DATA / "shards" / "{dataset}" / "index.tsv",

@@ -1,0 +1,119 @@
+"""`vididi attention`: the analysis numbers of one run on one evaluation dataset.
+
+- silhouette: cosine silhouette of the full-dimensional test features of the `figures.tsne_classes`
+  classes with the most test videos (paper Fig. 4), from the features stage.
+- object attention (synthetic data, where object masks exist): Grad-CAM on the encoder's last
+  convolutional block for the middle clip of every test video; the target is the squared norm of the
+  pooled embedding (an SSL encoder has no classifier: this asks which pixels drive the representation).
+  The share of attention mass inside the object's mask dilated by one pixel measures whether a model
+  looks at the moving object or at the background; the mean over test videos is reported.
+
+Writes metrics/analysis-<eval_dataset>.json and analysis/attention-<eval_dataset>.h5 (the clips and
+maps of the first `figures.attention_videos` test videos, one per class, for the attention figure).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import config as cfgmod
+from .analysis import attention_share, grad_cam, silhouette, top_classes
+from .data.augment import centre_crop
+from .data.loader import clip_frame_numbers, clip_span
+from .data.shards import DatasetIndex, FrameReader
+from .features import prepare_encoder, read_features
+from .train import resolve_device
+from .utils import VididiError, atomic_path, progress, write_metrics
+
+MASK_DILATION = 1
+
+
+def figure_videos(index: DatasetIndex, count: int) -> list[int]:
+    """The first test video of each class, for as many classes as `count` (the same for every run)."""
+    test = index.select("test")
+    chosen, seen = [], set()
+    for video in sorted(test, key=lambda v: index.video_id[v]):
+        label = int(index.label[video])
+        if label not in seen:
+            chosen.append(int(video))
+            seen.add(label)
+    return chosen[:count]
+
+
+def middle_clip_frames(index: DatasetIndex, video: int, clips_cfg: dict) -> np.ndarray:
+    n = int(index.n_frames[video])
+    start = max(0, (n - clip_span(clips_cfg["frames"], clips_cfg["stride"])) // 2)
+    return clip_frame_numbers(n, clips_cfg["frames"], clips_cfg["stride"], start)
+
+
+def object_masks(config: dict, dataset: str, index: DatasetIndex, video: int, frames: np.ndarray, size: int) -> torch.Tensor | None:
+    """Object masks (T, size, size) of a synthetic video's clip, resized and cropped like the frames."""
+    path = cfgmod.raw_dir(config, dataset) / "objects.h5"
+    if config["datasets"][dataset]["source"] != "synthetic" or not path.is_file():
+        return None
+    with h5py.File(path, "r") as h5:
+        masks = torch.from_numpy(h5[str(index.video_id[video])]["masks"][np.asarray(frames)])
+    height, width = int(index.height[video]), int(index.width[video])
+    if masks.shape[-2:] != (height, width):
+        masks = F.interpolate(masks[:, None].float(), size=(height, width), mode="nearest")[:, 0] > 0.5
+    masks = masks[:, None].expand(-1, 3, -1, -1).to(torch.uint8)  # (T, 3, H, W): crop like a clip
+    return centre_crop(masks, size)[0].bool()
+
+
+def analyse(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
+    base = cfgmod.run_dir(config, run)
+    out = base / "metrics" / f"analysis-{eval_dataset}.json"
+    fig_cfg = config["figures"]
+    features = read_features(base / "features" / f"{eval_dataset}.h5")
+    if "test" not in features:
+        raise VididiError(f"{eval_dataset}: no test video features to analyse")
+    test = features["test"]
+    k = min(fig_cfg["tsne_classes"], len(np.unique(test["labels"])))
+    top = top_classes(test["labels"], k)
+    keep = np.isin(test["labels"], top)
+    sil = silhouette(test["features"][keep], test["labels"][keep], metric="cosine")
+
+    device = resolve_device(config["device"])
+    frame_encoder, note = prepare_encoder(config, run, device)
+    index = DatasetIndex.load(cfgmod.shard_dir(config, eval_dataset))
+    clips_cfg = config["datasets"][eval_dataset]["clips"]
+    reader = FrameReader(index)
+    shown = set(figure_videos(index, fig_cfg["attention_videos"]))
+    encoder = frame_encoder.encoder
+    shares, figure = [], {"video_ids": [], "clips": [], "cams": [], "masks": []}
+    for video in progress(index.select("test"), desc=f"attention {eval_dataset}", unit="video"):
+        frames = middle_clip_frames(index, video, clips_cfg)
+        clip = centre_crop(reader.read(video, frames), clips_cfg["size"])  # (3, T, S, S) uint8
+        cam = grad_cam(encoder, encoder.last_block, frame_encoder.inputs(clip[None]),
+                       target_fn=lambda z: z.float().square().sum(dim=1))[0].cpu()  # fmt: skip
+        masks = object_masks(config, eval_dataset, index, video, frames, clips_cfg["size"])
+        if masks is not None:
+            shares.append(float(attention_share(cam[None], masks[None], dilation=MASK_DILATION)[0]))
+        if video in shown:
+            figure["video_ids"].append(str(index.video_id[video]))
+            figure["clips"].append(clip.numpy())
+            figure["cams"].append(cam.numpy())
+            figure["masks"].append(masks.numpy() if masks is not None else np.zeros(cam.shape, bool))
+    reader.close()
+    with atomic_path(base / "analysis" / f"attention-{eval_dataset}.h5") as tmp, h5py.File(tmp, "w") as h5:
+        h5["video_ids"] = np.asarray(figure["video_ids"], dtype=h5py.string_dtype())
+        for key in ("clips", "cams", "masks"):
+            h5[key] = np.stack(figure[key])
+    finite = [s for s in shares if np.isfinite(s)]
+    metrics = {"silhouette": sil, "object_attention": float(np.mean(finite)) if finite else None}
+    protocol = {
+        "silhouette": {"classes": [features["classes"][c] for c in top], "metric": "cosine",
+                       "features": "full-dimensional test features", "n": int(keep.sum())},
+        "object_attention": {"method": "Grad-CAM on the last convolutional block, target = squared norm of the pooled embedding",
+                             "clip": "middle clip of each test video, centre crop", "mask_dilation_px": MASK_DILATION,
+                             "n_videos": len(finite), "available": bool(finite)},
+        **note,
+    }  # fmt: skip
+    write_metrics(out, metrics, protocol, {"run": run.name, "eval_dataset": eval_dataset,
+                                           "pretrain_hash": cfgmod.settings_hash(cfgmod.pretrain_settings(config, run))})  # fmt: skip
+    return out

@@ -1,0 +1,147 @@
+"""`vididi figures --figure NAME`: the figures of the runs pretrained on a dataset, as PNG + PDF in
+results/<dataset>/figures/.
+
+    derivatives  frames and their 1st / 2nd temporal derivatives for a few test videos
+    tsne         t-SNE + silhouette of the top test classes, baseline vs ViDiDi (paper Fig. 4)
+    attention    Grad-CAM attention: frames | baseline | ViDiDi (paper Fig. 5)
+    curves       training loss and its terms per framework x variant
+    bars         Recall@1 / probe top-1 / detection mAP@0.5, baseline vs ViDiDi per framework
+
+The comparison figures use `figures.framework` (default VICReg, as in the paper) with the variants
+`figures.baseline` and `figures.vididi`, on the first backbone and seed the config lists for them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import config as cfgmod
+from .analysis import top_classes, tsne_2d
+from .analyze import figure_videos
+from .data.augment import centre_crop
+from .data.loader import clip_frame_numbers, clip_span
+from .data.shards import DatasetIndex, FrameReader
+from .features import read_features
+from .plots import attention_figure, bars_figure, curves_figure, derivative_views_figure, save_figure, tsne_figure, use_style
+from .utils import VididiError
+
+FIGURES = ("derivatives", "tsne", "attention", "curves", "bars")
+
+
+def figure_path(config: dict, dataset: str, name: str) -> Path:
+    return Path(config["results_dir"]) / dataset / "figures" / name
+
+
+def comparison_runs(config: dict, dataset: str) -> tuple[cfgmod.Run, cfgmod.Run] | None:
+    """(baseline run, ViDiDi run) of `figures.framework` on the same backbone and seed, if configured."""
+    fig = config["figures"]
+    runs = [r for r in cfgmod.expand_runs(config) if r.dataset == dataset and r.framework == fig["framework"]]
+    for base in (r for r in runs if r.variant == fig["baseline"]):
+        for other in runs:
+            if other.variant == fig["vididi"] and (other.backbone, other.seed) == (base.backbone, base.seed):
+                return base, other
+    return None
+
+
+def available_figures(config: dict, dataset: str) -> list[str]:
+    names = ["derivatives", "curves", "bars"]
+    if comparison_runs(config, dataset):
+        names[1:1] = ["tsne", "attention"]
+    return names
+
+
+def make_figure(config: dict, dataset: str, name: str) -> list[Path]:
+    if name not in available_figures(config, dataset):
+        raise VididiError(f"figure {name!r} needs runs of {config['figures']['framework']} with variants "
+                          f"{config['figures']['baseline']!r} and {config['figures']['vididi']!r} on {dataset}")  # fmt: skip
+    with use_style():
+        fig = globals()[f"_{name}"](config, dataset)
+        return save_figure(fig, figure_path(config, dataset, name))
+
+
+def _derivatives(config: dict, dataset: str):
+    index = DatasetIndex.load(cfgmod.shard_dir(config, dataset))
+    clips_cfg = config["datasets"][dataset]["clips"]
+    reader = FrameReader(index)
+    clips, names = [], []
+    for video in figure_videos(index, config["figures"]["derivative_videos"]):
+        n, length = int(index.n_frames[video]), clips_cfg["frames"] + 2
+        start = max(0, (n - clip_span(length, clips_cfg["stride"])) // 2)
+        clip = centre_crop(reader.read(video, clip_frame_numbers(n, length, clips_cfg["stride"], start)), clips_cfg["size"])
+        clips.append(clip.float().numpy() / 255)
+        names.append(index.classes[int(index.label[video])])
+    return derivative_views_figure(np.stack(clips), names, frames_to_show=config["figures"]["frames_to_show"])
+
+
+def _tsne(config: dict, dataset: str):
+    panels, classes = [], None
+    top = None
+    for run in comparison_runs(config, dataset):
+        features = read_features(cfgmod.run_dir(config, run) / "features" / f"{dataset}.h5")
+        test, classes = features["test"], features["classes"]
+        if top is None:
+            top = top_classes(test["labels"], min(config["figures"]["tsne_classes"], len(np.unique(test["labels"]))))
+        keep = np.isin(test["labels"], top)
+        analysis = json.loads((cfgmod.run_dir(config, run) / "metrics" / f"analysis-{dataset}.json").read_text())
+        xy = tsne_2d(test["features"][keep], seed=0)
+        panels.append((_run_label(run), xy, test["labels"][keep], analysis["metrics"]["silhouette"]))
+    return tsne_figure(panels, classes)
+
+
+def _attention(config: dict, dataset: str):
+    cams, frames, names = {}, None, None
+    for run in comparison_runs(config, dataset):
+        with h5py.File(cfgmod.run_dir(config, run) / "analysis" / f"attention-{dataset}.h5", "r") as h5:
+            cams[_run_label(run)] = h5["cams"][()]
+            frames = h5["clips"][()].astype(np.float32) / 255
+            names = [v.rsplit("/", 1)[-1] for v in h5["video_ids"][()].astype(str)]
+    return attention_figure(frames, cams, frames_to_show=config["figures"]["frames_to_show"], names=names)
+
+
+def _curves(config: dict, dataset: str):
+    logs, seeds = {}, {}
+    for run in cfgmod.expand_runs(config):
+        path = cfgmod.run_dir(config, run) / "train_log.csv"
+        key = (run.framework, run.variant)
+        if run.dataset != dataset or not path.is_file() or seeds.setdefault(key, run.seed) != run.seed:
+            continue  # one seed per curve: the first listed
+        rows = list(csv.DictReader(path.open()))
+        if not rows:
+            continue
+        skip = {"step", "epoch", "pair", "lr", "clips_per_s"}
+        columns = [c for c in rows[0] if c not in skip]
+        logs[key] = {"step": np.array([int(r["step"]) for r in rows]),
+                     **{c: np.array([float(r[c]) for r in rows]) for c in columns}}  # fmt: skip
+    if not logs:
+        raise VididiError(f"no training logs for {dataset} yet")
+    window = max(1, min(25, len(next(iter(logs.values()))["step"]) // 20))
+    return curves_figure(logs, smooth_window=window)
+
+
+def _bars(config: dict, dataset: str):
+    path = Path(config["results_dir"]) / dataset / "summary.csv"
+    if not path.is_file():
+        raise VididiError(f"{path} not found: run the summary stage first")
+    rows = [dict(r) for r in csv.DictReader(path.open()) if r["eval_dataset"] == dataset]
+    metrics = [m for m in ("R@1", "probe_top1", "det_mAP@0.5") if rows and rows[0].get(m) not in (None, "")]
+    for row in rows:
+        for m in metrics:
+            row[m] = float(row[m]) * 100 if row[m] not in ("", None) else None
+    labels = {"R@1": "Retrieval R@1 (%)", "probe_top1": "Linear probe top-1 (%)", "det_mAP@0.5": "Detection mAP@0.5 (%)"}
+    return bars_figure(rows, metrics, metric_labels=labels)
+
+
+def _run_label(run: cfgmod.Run) -> str:
+    """The paper's names: VICReg vs ViDiDi-VIC (and likewise for SimCLR, BYOL)."""
+    name, short = {"vicreg": ("VICReg", "VIC"), "simclr": ("SimCLR", "SimCLR"), "byol": ("BYOL", "BYOL")}.get(
+        run.framework, (run.framework, run.framework))
+    if run.variant == "base":
+        return name
+    if run.variant == "vididi":
+        return f"ViDiDi-{short}"
+    return f"{name} ({run.variant})"
