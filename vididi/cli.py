@@ -15,6 +15,7 @@ from .utils import VididiError, get_logger
 STAGES: dict[str, tuple[str, list[str]]] = {
     # name: (help, extra arguments)
     "generate": ("generate the synthetic dataset's videos", ["dataset"]),
+    "download": ("download and unpack a real dataset (resumable, checksummed)", ["dataset"]),
     "manifest": ("list a dataset's videos and assign them to shards", ["dataset"]),
     "extract": ("decode one shard's videos into an HDF5 shard", ["dataset", "shard"]),
     "index": ("index the shards; list bad videos; measure derivative scales", ["dataset"]),
@@ -79,6 +80,10 @@ def _dispatch(args: argparse.Namespace, config: dict) -> None:
         if ds["source"] != "synthetic":
             raise VididiError(f"dataset {dataset} is not synthetic (source: {ds['source']}); use `vididi download`")
         generate(raw_dir(config, dataset), ds["synthetic"], seed=ds["seed"], workers=config["threads"])
+    elif stage == "download":
+        from .data.extract import download
+
+        download(config, dataset)
     elif stage == "manifest":
         from .data.extract import write_manifest
 

@@ -32,10 +32,38 @@ log = logging.getLogger("vididi")
 TRUNCATION_TOLERANCE = 0.9  # fewer decoded frames than this share of the header's count = truncated
 
 
+def dataset_root(config: dict, dataset: str) -> Path:
+    """Where the listing starts: the user's `root`, the generated folder, or the unpacked download."""
+    ds = config["datasets"][dataset]
+    if ds["root"] or ds["source"] in ("synthetic", "folder"):
+        return cfgmod.raw_dir(config, dataset)
+    from .download import load_registry
+
+    return cfgmod.raw_dir(config, dataset) / load_registry()[ds["source"]].root
+
+
+def download(config: dict, dataset: str) -> Path:
+    """Fetch and unpack a registry dataset (resumable, verified); mark the raw folder complete."""
+    import os
+
+    from .download import fetch_dataset
+
+    ds = config["datasets"][dataset]
+    if ds["source"] in ("synthetic", "folder"):
+        raise VididiError(f"dataset {dataset} ({ds['source']}) has nothing to download")
+    downloads = Path(config["data_dir"]) / "downloads" / dataset
+    raw = cfgmod.raw_dir(config, dataset)
+    fetch_dataset(ds["source"], downloads, raw, lock_file=downloads / "checksums.lock.json",
+                  password=os.environ.get("VIDIDI_ARCHIVE_PASSWORD"))  # fmt: skip
+    marker = raw / ".downloaded"
+    write_text(marker, f"{ds['source']}\n")
+    return marker
+
+
 def write_manifest(config: dict, dataset: str) -> Path:
     """List the dataset's videos and assign them to shards, in a stable order."""
     ds = config["datasets"][dataset]
-    root = cfgmod.raw_dir(config, dataset)
+    root = dataset_root(config, dataset)
     if not root.is_dir():
         raise VididiError(f"dataset {dataset}: video folder {root} not found")
     source = "ucf101" if ds["source"] == "synthetic" else ds["source"]

@@ -1,5 +1,6 @@
 # Shared set-up: validate the config (one code path with the `vididi` CLI), expand runs, paths.
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +27,12 @@ _text = json.dumps(config, indent=1, sort_keys=True) + "\n"
 if not CONFIG_FILE.is_file() or CONFIG_FILE.read_text() != _text:
     write_text(CONFIG_FILE, _text)
 VIDIDI = f"vididi {{stage}} --config {CONFIG_FILE}"
+
+
+def names_of(*sources):
+    """A wildcard pattern matching the configured datasets of these sources (never matching if none)."""
+    names = [name for name, ds in config["datasets"].items() if ds["source"] in sources]
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 def vididi(stage):

@@ -9,6 +9,8 @@ wildcard_constraints:
 rule generate:
     output:
         directory(DATA / "raw" / "{dataset}"),
+    wildcard_constraints:
+        dataset=names_of("synthetic"),
     log:
         DATA / "logs" / "{dataset}" / "generate.log",
     params:
@@ -60,5 +62,19 @@ rule index:
         cmd=vididi("index"),
         settings=lambda w: index_hash(w.dataset),
     threads: config["threads"]
+    shell:
+        "{params.cmd} --dataset {wildcards.dataset} > {log} 2>&1"
+
+
+rule download:
+    output:
+        DATA / "raw" / "{dataset}" / ".downloaded",
+    wildcard_constraints:
+        dataset=names_of("ucf101", "hmdb51", "kinetics400", "thumos14"),
+    log:
+        DATA / "logs" / "{dataset}" / "download.log",
+    params:
+        cmd=vididi("download"),
+    retries: 2
     shell:
         "{params.cmd} --dataset {wildcards.dataset} > {log} 2>&1"
