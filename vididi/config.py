@@ -236,6 +236,24 @@ def metric_stages(config: dict, dataset: str) -> list[str]:
     )
 
 
+def comparison_runs(config: dict, dataset: str) -> tuple[Run, Run] | None:
+    """(baseline run, ViDiDi run) of `figures.framework` on the same backbone and seed, if configured."""
+    fig = config["figures"]
+    runs = [r for r in expand_runs(config) if r.dataset == dataset and r.framework == fig["framework"]]
+    for base in (r for r in runs if r.variant == fig["baseline"]):
+        for other in runs:
+            if other.variant == fig["vididi"] and (other.backbone, other.seed) == (base.backbone, base.seed):
+                return base, other
+    return None
+
+
+def available_figures(config: dict, dataset: str) -> list[str]:
+    names = ["derivatives", "curves", "bars"]
+    if comparison_runs(config, dataset):
+        names[1:1] = ["tsne", "attention"]
+    return names
+
+
 def raw_dir(config: dict, dataset: str) -> Path:
     root = config["datasets"][dataset]["root"]
     return Path(root) if root else Path(config["data_dir"]) / "raw" / dataset

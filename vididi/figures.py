@@ -22,6 +22,7 @@ import numpy as np
 
 from . import config as cfgmod
 from .analysis import top_classes, tsne_2d
+from .config import available_figures, comparison_runs
 from .analyze import figure_videos
 from .data.augment import centre_crop
 from .data.loader import clip_frame_numbers, clip_span
@@ -35,24 +36,6 @@ FIGURES = ("derivatives", "tsne", "attention", "curves", "bars")
 
 def figure_path(config: dict, dataset: str, name: str) -> Path:
     return Path(config["results_dir"]) / dataset / "figures" / name
-
-
-def comparison_runs(config: dict, dataset: str) -> tuple[cfgmod.Run, cfgmod.Run] | None:
-    """(baseline run, ViDiDi run) of `figures.framework` on the same backbone and seed, if configured."""
-    fig = config["figures"]
-    runs = [r for r in cfgmod.expand_runs(config) if r.dataset == dataset and r.framework == fig["framework"]]
-    for base in (r for r in runs if r.variant == fig["baseline"]):
-        for other in runs:
-            if other.variant == fig["vididi"] and (other.backbone, other.seed) == (base.backbone, base.seed):
-                return base, other
-    return None
-
-
-def available_figures(config: dict, dataset: str) -> list[str]:
-    names = ["derivatives", "curves", "bars"]
-    if comparison_runs(config, dataset):
-        names[1:1] = ["tsne", "attention"]
-    return names
 
 
 def make_figure(config: dict, dataset: str, name: str) -> list[Path]:

@@ -8,13 +8,10 @@ import json
 import logging
 import os
 import platform
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
-
-import numpy as np
 
 
 class VididiError(Exception):
@@ -47,6 +44,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _json_default(obj: Any) -> Any:
+    import numpy as np  # lazily: the Snakefile imports this module on hosts without numpy
+
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -88,16 +87,6 @@ def write_metrics(path: str | os.PathLike, metrics: dict, protocol: dict, settin
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.manual_seed(seed)
 
 
 def get_logger(name: str = "vididi", log_file: str | os.PathLike | None = None) -> logging.Logger:

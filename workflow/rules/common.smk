@@ -1,10 +1,14 @@
 # Shared set-up: validate the config (one code path with the `vididi` CLI), expand runs, paths.
 import json
+import os
 import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir).parent))  # vididi.config needs only PyYAML + jsonschema
+# envs/vididi.yaml installs this checkout (pip -e ${VIDIDI_REPO}); conda runs pip from a copy elsewhere.
+os.environ.update(VIDIDI_REPO=str(Path(workflow.basedir).parent))
+CONDA_ENV = "../../envs/vididi.yaml"  # for --use-conda, relative to workflow/rules/
 
 from vididi import config as vc
 from vididi.utils import write_text
@@ -69,12 +73,10 @@ def metric_files(dataset):
 
 
 def all_outputs():
-    from vididi.figures import available_figures
-
     out = []
     for dataset in sorted({run.dataset for run in RUNS}):
         out.append(RESULTS / dataset / "summary.md")
-        out += [RESULTS / dataset / "figures" / f"{name}.png" for name in available_figures(config, dataset)]
+        out += [RESULTS / dataset / "figures" / f"{name}.png" for name in vc.available_figures(config, dataset)]
     return out
 
 
@@ -83,7 +85,7 @@ def raw_videos(wildcards):
     ds = config["datasets"][wildcards.dataset]
     if ds["source"] == "synthetic":
         return DATA / "raw" / wildcards.dataset
-    if ds["root"]:
+    if ds["root"] or ds["source"] == "folder":
         return []
     return DATA / "raw" / wildcards.dataset / ".downloaded"
 
@@ -104,8 +106,6 @@ def pretrain_launcher(wildcards):
 
 def figure_inputs(wildcards):
     """What each figure is drawn from."""
-    from vididi.figures import comparison_runs
-
     dataset, name = wildcards.dataset, wildcards.figure
     if name == "derivatives":
         return [DATA / "shards" / dataset / "index.tsv"]
@@ -113,7 +113,7 @@ def figure_inputs(wildcards):
         return [RESULTS / dataset / "summary.csv"]
     if name == "curves":
         return [RESULTS / dataset / "runs" / r.name / "checkpoints" / "final.pt" for r in RUNS if r.dataset == dataset]
-    runs = comparison_runs(config, dataset)
+    runs = vc.comparison_runs(config, dataset)
     stem = {"tsne": "metrics/analysis-{d}.json", "attention": "analysis/attention-{d}.h5"}[name]
     extra = [RESULTS / dataset / "runs" / r.name / "features" / f"{dataset}.h5" for r in runs] if name == "tsne" else []
     return [RESULTS / dataset / "runs" / r.name / stem.format(d=dataset) for r in runs] + extra

@@ -13,6 +13,8 @@ rule generate:
         dataset=names_of("synthetic"),
     log:
         DATA / "logs" / "{dataset}" / "generate.log",
+    conda:
+        CONDA_ENV
     params:
         cmd=vididi("generate"),
         settings=lambda w: data_hash(w.dataset),
@@ -28,6 +30,8 @@ checkpoint manifest:
         DATA / "shards" / "{dataset}" / "manifest.json",
     log:
         DATA / "logs" / "{dataset}" / "manifest.log",
+    conda:
+        CONDA_ENV
     params:
         cmd=vididi("manifest"),
         settings=lambda w: data_hash(w.dataset),
@@ -42,6 +46,8 @@ rule extract:
         DATA / "shards" / "{dataset}" / "shard-{shard}.h5",
     log:
         DATA / "logs" / "{dataset}" / "extract-{shard}.log",
+    conda:
+        CONDA_ENV
     params:
         cmd=vididi("extract"),
         settings=lambda w: data_hash(w.dataset),
@@ -58,6 +64,8 @@ rule index:
         bad=DATA / "shards" / "{dataset}" / "bad_videos.tsv",
     log:
         DATA / "logs" / "{dataset}" / "index.log",
+    conda:
+        CONDA_ENV
     params:
         cmd=vididi("index"),
         settings=lambda w: index_hash(w.dataset),
@@ -73,6 +81,8 @@ rule download:
         dataset=names_of("ucf101", "hmdb51", "kinetics400", "thumos14"),
     log:
         DATA / "logs" / "{dataset}" / "download.log",
+    conda:
+        CONDA_ENV
     params:
         cmd=vididi("download"),
     retries: 2

@@ -13,6 +13,8 @@ rule features:
         RUN_DIR / "features" / "{eval_dataset}.h5",
     log:
         RUN_DIR / "logs" / "features-{eval_dataset}.log",
+    conda:
+        CONDA_ENV
     benchmark:
         RUN_DIR / "benchmarks" / "features-{eval_dataset}.tsv"
     params:
@@ -32,6 +34,8 @@ rule metric:
         RUN_DIR / "metrics" / "{stage}-{eval_dataset}.json",
     log:
         RUN_DIR / "logs" / "{stage}-{eval_dataset}.log",
+    conda:
+        CONDA_ENV
     benchmark:
         RUN_DIR / "benchmarks" / "{stage}-{eval_dataset}.tsv"
     wildcard_constraints:
@@ -51,6 +55,8 @@ rule summary:
         md=RESULTS / "{dataset}" / "summary.md",
     log:
         RESULTS / "{dataset}" / "logs" / "summary.log",
+    conda:
+        CONDA_ENV
     params:
         cmd=vididi("summary"),
     shell:
@@ -65,11 +71,15 @@ rule analysis:
         maps=RUN_DIR / "analysis" / "attention-{eval_dataset}.h5",
     log:
         RUN_DIR / "logs" / "analysis-{eval_dataset}.log",
+    conda:
+        CONDA_ENV
     benchmark:
         RUN_DIR / "benchmarks" / "analysis-{eval_dataset}.tsv"
     params:
         cmd=vididi("attention"),
         settings=lambda w: vc.settings_hash([eval_hash(w), config["figures"]]),
     threads: config["threads"]
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,
     shell:
         "{params.cmd} --dataset {wildcards.dataset} --run {wildcards.run} --eval-dataset {wildcards.eval_dataset} > {log} 2>&1"

@@ -14,6 +14,8 @@ rule figure:
         pdf=RESULTS / "{dataset}" / "figures" / "{figure}.pdf",
     log:
         RESULTS / "{dataset}" / "logs" / "figure-{figure}.log",
+    conda:
+        CONDA_ENV
     wildcard_constraints:
         figure="derivatives|tsne|attention|curves|bars",
     params:

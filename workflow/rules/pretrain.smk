@@ -9,6 +9,8 @@ rule pretrain:
         RESULTS / "{dataset}" / "runs" / "{run}" / "checkpoints" / "final.pt",
     log:
         RESULTS / "{dataset}" / "runs" / "{run}" / "logs" / "pretrain.log",
+    conda:
+        CONDA_ENV
     benchmark:
         RESULTS / "{dataset}" / "runs" / "{run}" / "benchmarks" / "pretrain.tsv"
     params:
@@ -18,4 +20,4 @@ rule pretrain:
     resources:
         gpu=config["pretrain"]["gpus"],
     shell:
-        "{params.cmd} --dataset {wildcards.dataset} --run {wildcards.run} > {log} 2>&1"
+        "{params.cmd} --dataset {wildcards.dataset} --run-name {wildcards.run} > {log} 2>&1"
