@@ -267,10 +267,19 @@ def run_dir(config: dict, run: Run) -> Path:
     return Path(config["results_dir"]) / run.dataset / "runs" / run.name
 
 
+def raw_settings(config: dict, dataset: str) -> dict:
+    """What the raw (generated or downloaded) videos of `dataset` depend on."""
+    ds = config["datasets"][dataset]
+    out = {k: ds[k] for k in ("source", "root")}
+    if ds["source"] == "synthetic":
+        out.update(seed=ds["seed"], synthetic=ds["synthetic"])
+    return out
+
+
 def data_settings(config: dict, dataset: str) -> dict:
     """What the shards of `dataset` depend on."""
     ds = config["datasets"][dataset]
-    return {k: ds[k] for k in ("source", "root", "listing", "split", "seed", "synthetic", "extract")}
+    return {**raw_settings(config, dataset), **{k: ds[k] for k in ("listing", "split", "extract")}}
 
 
 def pretrain_settings(config: dict, run: Run) -> dict:

@@ -78,13 +78,17 @@ class _StderrDrain(threading.Thread):
                     self.size_known.set()
         self.size_known.set()  # process ended: unblock a waiting reader
 
-    def reason(self) -> str:
-        """The most telling stderr line, for a one-line error message."""
-        for line in reversed(self.tail):
-            text = line.strip()
-            if text and not text.startswith(("frame=", "Press [q]", "[out#", "video:")):
-                return text
-        return "ffmpeg gave no message"
+    def reason(self, path: str | os.PathLike | None = None) -> str:
+        """The most telling stderr line, without the input path, for a one-line error message."""
+        lines = [line.strip() for line in self.tail if line.strip()]
+        lines = [line for line in lines if not line.startswith(("frame=", "Press [q]", "[out#", "video:"))]
+        telling = [line for line in lines if "moov atom not found" in line] or lines
+        if not telling:
+            return "ffmpeg gave no message"
+        text = telling[-1]
+        if path is not None:
+            text = text.replace(f"{path}: ", "").replace(str(path), "<input>")
+        return text
 
 
 @dataclass
@@ -120,6 +124,8 @@ def decode(path: str | os.PathLike, fps: float | None = None, short_side: int | 
     shorter side is `short_side` (aspect kept, even sizes). Raises VididiError if ffmpeg cannot
     open the file. Iterating `frames` raises VididiError if decoding fails part way.
     """
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise VididiError(f"{path}: empty file (0 bytes)")
     stream = ffmpeg_python.input(str(path))
     if fps:
         stream = stream.filter("fps", fps=fps)
@@ -139,7 +145,7 @@ def decode(path: str | os.PathLike, fps: float | None = None, short_side: int | 
         proc.stdout.close()
         proc.wait()
         drain.join()
-        raise VididiError(f"{path}: cannot decode: {drain.reason()}")
+        raise VididiError(f"{path}: cannot decode: {drain.reason(path)}")
     width, height = drain.size
     fps_used, expected = _header_timing(drain.input_info, fps)
 
@@ -158,7 +164,7 @@ def decode(path: str | os.PathLike, fps: float | None = None, short_side: int | 
             returncode = proc.wait()
             drain.join()
         if returncode != 0:
-            raise VididiError(f"{path}: decoding failed: {drain.reason()}")
+            raise VididiError(f"{path}: decoding failed: {drain.reason(path)}")
 
     return DecodedVideo(frames(), width, height, fps_used, expected)
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from ..utils import VididiError
 
@@ -202,8 +201,11 @@ class FrameReader:
             self._shards[shard] = (h5, h5["data"], h5["offsets"], h5.attrs["encoding"])
         return self._shards[shard]
 
-    def read(self, video: int, frames: np.ndarray) -> torch.Tensor:
+    def read(self, video: int, frames: np.ndarray) -> "torch.Tensor":
         """Frames (n, 3, H, W) uint8 of video `video` (an index row) at frame numbers `frames`."""
+        import torch  # here, not at the top: extraction jobs never read frames and skip the import
+        from torchvision.io import ImageReadMode, decode_jpeg
+
         _, data, offsets_ds, encoding = self._shard(int(self.index.shard[video]))
         first = int(self.index.frame_start[video])
         frames = np.asarray(frames, np.int64)
@@ -214,7 +216,9 @@ class FrameReader:
         if encoding == "raw":
             height, width = int(self.index.height[video]), int(self.index.width[video])
             return torch.stack(pieces).view(len(frames), height, width, 3).permute(0, 3, 1, 2)
-        return torch.stack(decode_jpeg(pieces, mode=ImageReadMode.RGB))
+        with warnings.catch_warnings():  # torchvision 0.29 (pinned) flags its image codecs as deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.stack(decode_jpeg(pieces, mode=ImageReadMode.RGB))
 
     def close(self) -> None:
         for h5, *_ in self._shards.values():

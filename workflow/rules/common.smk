@@ -44,6 +44,10 @@ def vididi(stage):
     return VIDIDI.format(stage=stage)
 
 
+def raw_hash(dataset):
+    return vc.settings_hash(vc.raw_settings(config, dataset))
+
+
 def data_hash(dataset):
     return vc.settings_hash(vc.data_settings(config, dataset))
 

@@ -17,7 +17,7 @@ rule generate:
         CONDA_ENV
     params:
         cmd=vididi("generate"),
-        settings=lambda w: data_hash(w.dataset),
+        settings=lambda w: raw_hash(w.dataset),
     threads: config["threads"]
     shell:
         "{params.cmd} --dataset {wildcards.dataset} > {log} 2>&1"
@@ -85,6 +85,7 @@ rule download:
         CONDA_ENV
     params:
         cmd=vididi("download"),
+        settings=lambda w: raw_hash(w.dataset),
     retries: 2
     shell:
         "{params.cmd} --dataset {wildcards.dataset} > {log} 2>&1"

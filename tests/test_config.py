@@ -1,0 +1,241 @@
+"""Config loading and validation: one-line errors naming the key, defaults, merging, and the CLI's exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vididi.config import ConfigError, Run, expand_runs, load_config, resolve
+
+BAD_CONFIGS = {  # id: (config, key path the message must name, what the message must offer)
+    "unknown top-level key": ({"foo": 1}, "(top level)", ["unknown key 'foo'", "allowed:", "pretrain", "datasets"]),
+    "unknown nested key": (
+        {"datasets": {"synthetic": {"source": "synthetic", "extract": {"short_sid": 64}}}},
+        "datasets.synthetic.extract",
+        ["unknown key 'short_sid'", "allowed:", "short_side"],
+    ),
+    "unknown key in a run": (
+        {"runs": [{"dataset": "synthetic", "framwork": "vicreg"}]},
+        "runs[0]",
+        ["'framwork'", "framework"],
+    ),
+    "wrong enum": (
+        {"datasets": {"synthetic": {"source": "synthetic", "extract": {"encoding": "png"}}}},
+        "datasets.synthetic.extract.encoding",
+        ["'png'", "jpeg", "raw"],
+    ),
+    "wrong enum in a list": (
+        {"runs": [{"dataset": "synthetic", "framework": ["vicreg", "dino"]}]},
+        "runs[0].framework[1]",
+        ["'dino'", "simclr", "byol", "vicreg"],
+    ),
+    "wrong enum or list": (
+        {"runs": [{"dataset": "synthetic", "framework": "dino"}]},
+        "runs[0].framework",
+        ["'dino'", "simclr", "byol", "vicreg"],
+    ),
+    "wrong source": ({"datasets": {"mine": {"source": "youtube"}}}, "datasets.mine.source", ["'youtube'", "folder"]),
+    "wrong type": ({"pretrain": {"steps": "ten"}}, "pretrain.steps", ["'ten'", "integer"]),
+    "float for an integer": ({"threads": 1.5}, "threads", ["1.5", "integer"]),
+    "mapping expected": ({"datasets": []}, "datasets", ["object"]),
+    "below the minimum": ({"pretrain": {"steps": 0}}, "pretrain.steps", ["minimum of 1"]),
+    "above the maximum": ({"augment": {"color_jitter": {"hue": 0.7}}}, "augment.color_jitter.hue", ["maximum of 0.5"]),
+    "missing required key": ({"datasets": {"mine": {"root": "/videos"}}}, "datasets.mine", ["'source'", "required"]),
+    "undefined run dataset": (
+        {"runs": [{"dataset": "nope", "framework": "vicreg"}]},
+        "runs[0].dataset",
+        ["'nope'", "not defined", "synthetic"],
+    ),
+    "undefined run variant": (
+        {"runs": [{"dataset": "synthetic", "framework": "vicreg", "variant": "fancy"}]},
+        "runs[0].variant",
+        ["'fancy'", "base", "vididi"],
+    ),
+    "unknown backbone": (
+        {"runs": [{"dataset": "synthetic", "framework": "vicreg", "backbone": "resnet"}]},
+        "runs[0].backbone",
+        ["'resnet'", "small3d", "r3d_18"],
+    ),
+    "undefined evaluation dataset": (
+        {"runs": [{"dataset": "synthetic", "framework": "vicreg", "eval_datasets": ["ucf"]}]},
+        "runs[0].eval_datasets",
+        ["'ucf'", "synthetic"],
+    ),
+    "pretraining on detection-only data": (
+        {"datasets": {"synthetic": {"source": "synthetic"}, "th": {"source": "thumos14"}},
+         "runs": [{"dataset": "th", "framework": "vicreg"}]},
+        "runs[0].dataset",
+        ["'th'", "no labelled clips"],
+    ),  # fmt: skip
+    "frames-only framework with a ViDiDi schedule": (
+        {"runs": [{"dataset": "synthetic", "framework": "supervised", "variant": "vididi"}]},
+        "runs[0]",
+        ["'supervised'", "frames_only", "'vididi'"],
+    ),
+    "undefined figure variant": ({"figures": {"baseline": "nope"}}, "figures.baseline", ["'nope'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_config_is_one_line_naming_the_key(case):
+    config, key, offers = BAD_CONFIGS[case]
+    with pytest.raises(ConfigError) as info:
+        resolve(config)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"config: {key}:"), message
+    for fragment in offers:
+        assert fragment in message, (fragment, message)
+
+
+def test_defaults_are_filled():
+    config = resolve({})
+    assert config["threads"] == 2 and config["data_dir"] == "data" and config["results_dir"] == "results"
+    assert config["pretrain"]["steps"] == 1000 and config["pretrain"]["lr"] == 0.001
+    assert config["pretrain"]["grad_clip"] is None and config["pretrain"]["num_workers"] == 2
+    assert config["variants"] == {"base": {"schedule": "frames_only", "scaling": "dataset"},
+                                  "vididi": {"schedule": "all9", "scaling": "dataset"}}  # fmt: skip
+    synthetic = config["datasets"]["synthetic"]
+    assert synthetic["root"] is None and synthetic["split"] == "1" and synthetic["seed"] == 0
+    assert synthetic["extract"] == {"fps": None, "short_side": 128, "shard_size": 128, "encoding": "jpeg",
+                                    "jpeg_quality": 90, "max_bad_fraction": 0.05}  # fmt: skip
+    assert synthetic["clips"] == {"frames": 16, "stride": 2, "size": 112, "eval_clips": 10, "sigma_clips": 256}
+    assert synthetic["synthetic"]["untrimmed"]["segments"] == [2, 3]
+    assert config["augment"]["color_jitter"]["p"] == 0.8 and config["augment"]["grayscale"] == 0.2
+    assert config["runs"] == [{"dataset": "synthetic", "framework": "vicreg", "variant": ["base", "vididi"],
+                               "backbone": "small3d", "seed": 0}]  # fmt: skip
+
+
+def test_defaults_inside_user_entries_and_given_values_kept():
+    config = resolve({
+        "datasets": {"mine": {"source": "folder", "root": "/videos", "extract": {"short_side": 64}}},
+        "runs": [{"dataset": "mine", "framework": "byol"}],
+    })  # fmt: skip
+    assert list(config["datasets"]) == ["mine"]  # a user's datasets replace the default one
+    mine = config["datasets"]["mine"]
+    assert mine["extract"]["short_side"] == 64 and mine["extract"]["shard_size"] == 128
+    assert mine["clips"]["frames"] == 16 and mine["listing"] == {}
+    assert config["runs"][0]["variant"] == "base" and config["runs"][0]["seed"] == 0
+    assert config["frameworks"]["byol"]["tau_base"] == 0.99
+
+
+def test_defaults_are_fresh_copies():
+    first = resolve({})
+    first["augment"]["crop_scale"].append(0.5)
+    first["datasets"]["synthetic"]["synthetic"]["classes"].clear()
+    second = resolve({})
+    assert second["augment"]["crop_scale"] == [0.4, 1.0]
+    assert len(second["datasets"]["synthetic"]["synthetic"]["classes"]) == 8
+
+
+def test_resolve_does_not_change_its_argument():
+    given = {"pretrain": {"steps": 5}}
+    resolve(given)
+    assert given == {"pretrain": {"steps": 5}}
+
+
+def test_load_config_merges_files_later_wins(tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text(yaml.safe_dump({
+        "threads": 4,
+        "pretrain": {"steps": 10, "lr": 0.1},
+        "datasets": {"synthetic": {"source": "synthetic", "extract": {"short_side": 64}, "clips": {"stride": 4}}},
+        "runs": [{"dataset": "synthetic", "framework": "simclr"}, {"dataset": "synthetic", "framework": "byol"}],
+    }))  # fmt: skip
+    second.write_text(yaml.safe_dump({
+        "pretrain": {"steps": 20},
+        "datasets": {"synthetic": {"clips": {"frames": 8}}},
+        "runs": [{"dataset": "synthetic", "framework": "vicreg"}],
+    }))  # fmt: skip
+    config = load_config([first, second])
+    assert config["threads"] == 4
+    assert (config["pretrain"]["steps"], config["pretrain"]["lr"]) == (20, 0.1)  # nested mappings merge
+    synthetic = config["datasets"]["synthetic"]
+    assert synthetic["extract"]["short_side"] == 64
+    assert (synthetic["clips"]["stride"], synthetic["clips"]["frames"]) == (4, 8)
+    assert [r["framework"] for r in config["runs"]] == ["vicreg"]  # lists are replaced, not merged
+    reverse = load_config([second, first])
+    assert reverse["pretrain"]["steps"] == 10 and [r["framework"] for r in reverse["runs"]] == ["simclr", "byol"]
+    overridden = load_config([first, second], overrides={"pretrain": {"lr": 0.5}})
+    assert (overridden["pretrain"]["steps"], overridden["pretrain"]["lr"]) == (20, 0.5)
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config([tmp_path / "absent.yaml"])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("pretrain: {steps: 3\nthreads: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
+        load_config([broken])
+    assert "\n" not in str(info.value)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config([listing])
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing set\n")
+    assert load_config([empty]) == resolve({})
+
+
+def test_repository_config_is_valid():
+    repo = Path(__file__).resolve().parents[1]
+    config = load_config([repo / "config.yaml"])
+    assert [r.name for r in expand_runs(config)] == ["vicreg-base-small3d-s0", "vicreg-vididi-small3d-s0"]
+
+
+def test_runs_expand_to_the_product_without_duplicates():
+    config = resolve({
+        "runs": [
+            {"dataset": "synthetic", "framework": ["simclr", "vicreg"], "variant": ["base", "vididi"], "seed": [0, 1]},
+            {"dataset": "synthetic", "framework": "vicreg", "variant": "base", "seed": 0},  # already listed
+        ]
+    })  # fmt: skip
+    runs = expand_runs(config)
+    assert len(runs) == 8
+    assert runs[0] == Run("synthetic", "simclr", "base", "small3d", 0, ("synthetic",))
+    names = {f"{f}-{v}-small3d-s{s}" for f in ("simclr", "vicreg") for v in ("base", "vididi") for s in (0, 1)}
+    assert {r.name for r in runs} == names
+
+
+# --------------------------------------------------------------------------------------------------
+# The CLI: a bad config is one line on stderr and exit status 2
+
+
+def cli_env() -> dict:
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "VIDIDI_NO_PROGRESS": "1"}
+
+
+@pytest.mark.parametrize("launcher", [[sys.executable, "-m", "vididi.cli"], ["vididi"]], ids=["module", "script"])
+def test_cli_bad_config_exits_2_with_one_line(tmp_path, launcher):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("datasets:\n  synthetic:\n    source: synthetic\n    extract:\n      encoding: png\n")
+    done = subprocess.run([*launcher, "manifest", "--config", str(bad), "--dataset", "synthetic"],
+                          cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert lines == [
+        "vididi manifest: error: config: datasets.synthetic.extract.encoding: 'png' is not allowed (allowed: jpeg, raw)"
+    ]
+
+
+def test_cli_unknown_dataset_and_missing_config(tmp_path):
+    good = tmp_path / "config.yaml"
+    good.write_text("threads: 1\n")
+    done = subprocess.run(["vididi", "index", "--config", str(good), "--dataset", "ucf"],
+                          cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["vididi index: error: dataset 'ucf' is not in the config (datasets: synthetic)"]
+    # without --config the CLI reads ./config.yaml; here there is none
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = subprocess.run(["vididi", "manifest", "--dataset", "synthetic"],
+                          cwd=empty, env=cli_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["vididi manifest: error: config file config.yaml not found"]

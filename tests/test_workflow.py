@@ -1,0 +1,147 @@
+"""The Snakemake workflow: dry run on the default config, lint, a real run of the data stage, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vididi.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+BIN = Path(sys.executable).parent  # the venv's bin: snakemake and the `vididi` console script the rules call
+
+MICRO = {  # 10 videos in 2 shards: the smallest dataset that still has train/test, untrimmed videos and >1 shard
+    "threads": 2,
+    "datasets": {
+        "synthetic": {
+            "source": "synthetic",
+            "synthetic": {
+                "classes": ["LinearMotion", "Pulsing"], "groups": 2, "clips_per_group": 2, "test_groups": 1,
+                "frames": 16, "size": 32, "fps": 8,
+                "untrimmed": {"train": 1, "test": 1, "frames": 32, "segments": [1, 1], "segment_frames": [8, 10], "min_gap": 2},
+            },
+            "extract": {"short_side": 32, "shard_size": 5},
+            "clips": {"frames": 4, "stride": 2, "size": 28, "eval_clips": 2, "sigma_clips": 8},
+        }
+    },
+}  # fmt: skip
+DATA_TARGETS = [f"data/shards/synthetic/{name}" for name in ("index.tsv", "dataset.json", "bad_videos.tsv")]
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 120, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "VIDIDI_NO_PROGRESS": "1", **(extra_env or {})}
+    command = [str(BIN / "snakemake"), "--directory", str(workdir), "-s", str(SNAKEFILE), *args]
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def stderr_lines(done: subprocess.CompletedProcess) -> list[str]:
+    """Non-empty stderr lines, without Snakemake's notice that it read the workflow's default profile."""
+    return [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("Using workflow specific profile")]
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> count."""
+    counts, in_table = {}, False
+    for line in output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+        elif in_table:
+            fields = line.split()
+            if len(fields) == 2 and fields[1].isdigit():
+                if fields[0] == "total":
+                    break
+                counts[fields[0]] = int(fields[1])
+    return counts
+
+
+def test_dry_run_on_the_default_config(tmp_path):
+    done = snakemake(tmp_path, "-n", "-p", "--configfile", str(REPO / "config.yaml"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    counts = job_counts(output)
+    assert counts.get("generate") == 1 and counts.get("manifest") == 1 and counts.get("index") == 1, counts
+    assert counts.get("pretrain") == 2, counts  # the config's two runs
+    # every rule is a thin call of the CLI with the validated config of this invocation
+    commands = re.findall(r"\bvididi (\w+) --config (\S+)", output)
+    assert {"generate", "manifest", "index", "pretrain"} <= {stage for stage, _ in commands}, commands
+    assert {config for _, config in commands} == {"results/config.resolved.yaml"}
+    resolved = json.loads((tmp_path / "results" / "config.resolved.yaml").read_text())
+    assert resolved == load_config([REPO / "config.yaml"])
+
+
+def test_workflow_is_planned_without_torch(tmp_path):
+    """vididi.config promises the Snakefile needs only PyYAML + jsonschema (a Snakemake host without the
+    training stack, e.g. with --use-singularity): planning the DAG must not import torch."""
+    blocker = tmp_path / "blocker" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('torch is not installed on this host')\n")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    env_path = f"{blocker.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    done = snakemake(workdir, "-n", "--configfile", str(REPO / "config.yaml"), extra_env={"PYTHONPATH": env_path})
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+
+
+def test_lint_reports_nothing(tmp_path):
+    done = snakemake(tmp_path, "--lint", "--configfile", str(REPO / "config.yaml"))
+    output = done.stdout + done.stderr
+    complaints = [line.strip() for line in output.splitlines() if line.startswith("Lints for")]
+    findings = [line.strip() for line in output.splitlines() if line.lstrip().startswith("* ")]
+    assert complaints == [] and done.returncode == 0, "\n".join(f"{c} {f}" for c, f in zip(complaints, findings))
+
+
+def test_wrong_config_key_stops_snakemake_with_one_line(tmp_path):
+    wrong = {"datasets": {"synthetic": {"source": "synthetic", "extract": {"short_sid": 64}}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(wrong))
+    done = snakemake(tmp_path, "-n")
+    assert done.returncode != 0
+    assert stderr_lines(done) == [
+        "vididi: config: datasets.synthetic.extract: unknown key 'short_sid' "
+        "(allowed: encoding, fps, jpeg_quality, max_bad_fraction, shard_size, short_side)"
+    ], done.stderr
+    assert not (tmp_path / "results").exists()  # nothing written for an invalid config
+
+
+def test_wrong_value_on_the_command_line_is_caught_too(tmp_path):
+    done = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"), "--config", "threads=0")
+    assert done.returncode != 0
+    assert stderr_lines(done) == ["vididi: config: threads: 0 is less than the minimum of 1"]
+
+
+@pytest.mark.slow
+def test_real_run_of_the_data_stage(tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(MICRO))
+    done = snakemake(tmp_path, "--cores", "2", *DATA_TARGETS, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    shards = tmp_path / "data" / "shards" / "synthetic"
+    assert sorted(p.name for p in shards.glob("shard-*.h5")) == ["shard-00000.h5", "shard-00001.h5"]
+    header, *rows = (shards / "index.tsv").read_text().splitlines()
+    assert header.split("\t")[0] == "video_id" and len(rows) == 10  # 2 classes x 2 groups x 2 clips + 2 untrimmed
+    info = json.loads((shards / "dataset.json").read_text())
+    assert info["classes"] == ["LinearMotion", "Pulsing"] and info["n_bad"] == 0
+    assert len(info["stats"]["sigma"]) == 3 and all(s > 0 for s in info["stats"]["sigma"])
+    assert (shards / "bad_videos.tsv").read_text() == "video_id\tpath\treason\n"
+    logs = tmp_path / "data" / "logs" / "synthetic"
+    expected_logs = {"generate.log", "manifest.log", "extract-00000.log", "extract-00001.log", "index.log"}
+    assert {p.name for p in logs.iterdir()} >= expected_logs
+    # nothing hidden left behind by the atomic writes
+    assert not [p for p in (tmp_path / "data").rglob(".*tmp*")]
+
+    again = snakemake(tmp_path, "-n", *DATA_TARGETS)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    # a changed extraction setting re-extracts, but must not regenerate (or re-download) the raw videos
+    (tmp_path / "jpeg80.yaml").write_text(yaml.safe_dump({"datasets": {"synthetic": {"extract": {"jpeg_quality": 80}}}}))
+    changed = snakemake(tmp_path, "-n", *DATA_TARGETS, "--configfile", "config.yaml", "jpeg80.yaml")
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    planned = job_counts(changed.stdout + changed.stderr)
+    assert planned.get("manifest") == 1, planned
+    assert "generate" not in planned, f"a jpeg_quality change regenerates the raw videos: {planned}"
