@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from vididi.data.augment import LUMA, ClipAugment, colour_jitter_map, random_resized_crop_box
+from vididi.utils import VididiError
+
+from vididi.data.augment import IDENTITY_COLOUR, LUMA, ClipAugment, apply_colour, colour_jitter_map, random_resized_crop_box
 from vididi.data.loader import (
     EvalClips,
     StepBatches,
@@ -56,9 +58,11 @@ def test_train_clips_shapes_and_labels(tiny_data):
     data = TrainClips(index, clips, config["augment"])
     sampler = StepBatches(index.select("train"), batch_size=4, seed=0, start_step=0, total_steps=2)
     for item in sampler.batch(0) + sampler.batch(1):
-        first, second, label = data[item]
+        first, second, colour1, colour2, label = data[item]
         for view in (first, second):
             assert view.shape == (3, clips["frames"] + 2, clips["size"], clips["size"]) and view.dtype == torch.uint8
+        for colour in (colour1, colour2):
+            assert colour.shape == (3, 4) and colour.dtype == torch.float32
         assert label == index.label[item[0]] and 0 <= label < len(index.classes)
         assert not torch.equal(first, second)  # independent start times and augmentations
 
@@ -89,7 +93,7 @@ def test_train_clips_are_a_function_of_the_item(tiny_data):
     item = sampler.batch(2)[1]
     first = TrainClips(index, clips_of(tiny_data), config["augment"])[item]
     again = TrainClips(index, clips_of(tiny_data), config["augment"])[item]  # a fresh dataset, fresh reader
-    assert all(torch.equal(a, b) for a, b in zip(first[:2], again[:2]))
+    assert all(torch.equal(a, b) for a, b in zip(first[:4], again[:4]))
     other_step = (item[0], (0, 3, 1))  # the same video drawn at another step
     other = TrainClips(index, clips_of(tiny_data), config["augment"])[other_step]
     assert not torch.equal(first[0], other[0])
@@ -147,7 +151,7 @@ def test_ranks_split_each_global_batch_without_overlap():
 
 
 def test_global_batch_must_split_evenly():
-    with pytest.raises(ValueError, match="not divisible"):
+    with pytest.raises(VididiError, match="not divisible"):
         StepBatches(np.arange(10), batch_size=5, seed=0, start_step=0, total_steps=2, world=2)
 
 
@@ -233,25 +237,33 @@ def test_window_starts_by_hand():
 # Augmentation
 
 
+def augmented(augment: ClipAugment, clip: torch.Tensor, rng) -> torch.Tensor:
+    """What training sees: the loader's uint8 crop with its colour map applied (as the training step
+    does on the device), back in uint8 (3, L, S, S)."""
+    out, colour = augment(clip, rng)
+    x = apply_colour(out[None], torch.from_numpy(colour)[None])[0]
+    return (x * 255).round().to(torch.uint8)
+
+
 def random_clip(length: int = 6, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (length, 3, size, size), np.uint8))
 
 
 def test_no_augmentation_is_the_identity():
     clip = random_clip()
-    out = ClipAugment(NO_AUGMENT, 32)(clip, np.random.default_rng(0))
-    assert torch.equal(out, clip.permute(1, 0, 2, 3))
+    out, colour = ClipAugment(NO_AUGMENT, 32)(clip, np.random.default_rng(0))
+    assert torch.equal(out, clip.permute(1, 0, 2, 3)) and np.array_equal(colour, IDENTITY_COLOUR)
 
 
 def test_flip_mirrors_every_frame():
     clip = random_clip()
-    out = ClipAugment({**NO_AUGMENT, "flip": 1.0}, 32)(clip, np.random.default_rng(0))
+    out, _ = ClipAugment({**NO_AUGMENT, "flip": 1.0}, 32)(clip, np.random.default_rng(0))
     assert torch.equal(out, clip.permute(1, 0, 2, 3).flip(-1))
 
 
 def test_grayscale_gives_equal_channels():
     clip = random_clip()
-    out = ClipAugment({**NO_AUGMENT, "grayscale": 1.0}, 32)(clip, np.random.default_rng(0))
+    out = augmented(ClipAugment({**NO_AUGMENT, "grayscale": 1.0}, 32), clip, np.random.default_rng(0))
     assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
     expected = (clip.double() * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1).round()
     assert (out[0].double() - expected).abs().max() <= 1
@@ -264,9 +276,9 @@ def test_crop_and_flip_are_drawn_once_per_clip():
     augment = ClipAugment(spatial_only, 20)
     clip = random_clip(length=5, size=40)
     for seed in range(10):
-        whole = augment(clip, np.random.default_rng(seed))
+        whole, _ = augment(clip, np.random.default_rng(seed))
         for t in range(5):
-            alone = augment(clip[t : t + 1], np.random.default_rng(seed))
+            alone, _ = augment(clip[t : t + 1], np.random.default_rng(seed))
             assert torch.equal(whole[:, t : t + 1], alone), (seed, t)
 
 
@@ -278,7 +290,7 @@ def test_full_augmentation_keeps_identical_frames_identical(tiny_data):
     clip = frame.repeat(6, 1, 1, 1)
     outputs = []
     for seed in range(20):
-        out = augment(clip, np.random.default_rng(seed))
+        out = augmented(augment, clip, np.random.default_rng(seed))
         assert out.shape == (3, 6, 24, 24) and out.dtype == torch.uint8
         assert all(torch.equal(out[:, t], out[:, 0]) for t in range(6)), seed
         outputs.append(out)
@@ -300,7 +312,7 @@ def test_colour_jitter_with_zero_strength_is_the_identity():
         assert np.array_equal(m, np.eye(3)) and np.array_equal(t, np.zeros(3))
     clip = random_clip()
     cfg = {**NO_AUGMENT, "color_jitter": {"p": 1.0, "brightness": 0, "contrast": 0, "saturation": 0, "hue": 0}}
-    assert torch.equal(ClipAugment(cfg, 32)(clip, np.random.default_rng(0)), clip.permute(1, 0, 2, 3))
+    assert torch.equal(augmented(ClipAugment(cfg, 32), clip, np.random.default_rng(0)), clip.permute(1, 0, 2, 3))
 
 
 def test_colour_jitter_components_by_their_invariants():

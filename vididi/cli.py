@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         if "shard" in extra:
             p.add_argument("--shard", type=int, required=True)
         if "run" in extra:
-            p.add_argument("--run", required=True, help="run name, e.g. vicreg-vididi-small3d-s0")
+            # --run-name: torchrun's own parser rejects `--run` anywhere on its command line (an
+            # ambiguous abbreviation of its --run-path), so the DDP launch passes --run-name
+            p.add_argument("--run", "--run-name", dest="run", required=True, help="run name, e.g. vicreg-vididi-small3d-s0")
         if "eval_dataset" in extra:
             p.add_argument("--eval-dataset", required=True)
         if "figure" in extra:

@@ -288,7 +288,8 @@ def pretrain_settings(config: dict, run: Run) -> dict:
         "run": run.name,
         "data": data_settings(config, run.dataset),
         "clips": config["datasets"][run.dataset]["clips"],
-        "pretrain": config["pretrain"],
+        # how often to log / checkpoint, workers and GPU count do not change the weights
+        "pretrain": {k: v for k, v in config["pretrain"].items() if k not in ("log_every", "checkpoint_every", "num_workers", "gpus")},
         "augment": config["augment"],
         "backbone": {"name": run.backbone, **config["backbones"].get(run.backbone, {})},
         "variant": {"name": run.variant, **config["variants"][run.variant]},

@@ -20,10 +20,10 @@ from vididi.utils import VididiError
 
 
 class Backbone(nn.Module):
-    """Base class: subclasses set `feature_dim`, `last_block` and implement `forward_features`."""
+    """Base class: subclasses set `feature_dim` and define `last_block` (a property, so the module is
+    not registered twice in the state dict) and `forward_features`."""
 
     feature_dim: int
-    last_block: nn.Module
 
     def forward_features(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -55,8 +55,11 @@ class TorchvisionVideoResNet(Backbone):
         self.layer2 = model.layer2
         self.layer3 = model.layer3
         self.layer4 = model.layer4
-        self.last_block = self.layer4
         self.feature_dim = int(model.fc.in_features)
+
+    @property
+    def last_block(self) -> nn.Module:
+        return self.layer4
 
     def forward_features(self, x: Tensor) -> Tensor:
         _check_input(x)
@@ -77,8 +80,11 @@ class TorchvisionS3D(Backbone):
 
         model = video.s3d(weights=None)
         self.features = model.features
-        self.last_block = self.features[-1]
         self.feature_dim = int(model.classifier[1].in_channels)
+
+    @property
+    def last_block(self) -> nn.Module:
+        return self.features[-1]
 
     def forward_features(self, x: Tensor) -> Tensor:
         _check_input(x)
@@ -149,7 +155,6 @@ class Small3d(Backbone):
         for i, (in_channels, width) in enumerate(zip(widths[:-1], widths[1:])):
             blocks.append(Block2Plus1d(in_channels, width, (1, 2, 2) if i == 0 else (2, 2, 2)))
         self.stages = nn.Sequential(*blocks)
-        self.last_block = self.stages[-1]
         self.feature_dim = widths[-1]
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
@@ -157,6 +162,10 @@ class Small3d(Backbone):
             elif isinstance(m, nn.BatchNorm3d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    @property
+    def last_block(self) -> nn.Module:
+        return self.stages[-1]
 
     def forward_features(self, x: Tensor) -> Tensor:
         _check_input(x)

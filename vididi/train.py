@@ -38,7 +38,8 @@ import torch.distributed as dist
 from . import config as cfgmod
 from .data.loader import StepBatches, TrainClips, loader
 from .data.shards import DatasetIndex
-from .derivatives import derivative_view, to_float
+from .data.augment import apply_colour
+from .derivatives import derivative_view
 from .distributed import convert_sync_batchnorm, is_main, world
 from .frameworks import Framework, build_framework
 from .models import build_backbone
@@ -101,7 +102,11 @@ class StepInput:
 
 
 class Trainer:
-    """One optimisation step on uint8 clips already in memory: the hot path, kept small."""
+    """One optimisation step on a batch already in memory: the hot path, kept small.
+
+    A batch is (clip1, clip2, colour1, colour2, labels) as `TrainClips` yields it: uint8 clips
+    (B, 3, T+2, H, W) and their colour-jitter maps (B, 3, 4).
+    """
 
     def __init__(self, model, optimizer, scheduler, schedule: BalancedSchedule, step_input: StepInput,
                  device: torch.device, precision: str, channels_last: bool, grad_clip: float | None,
@@ -112,20 +117,29 @@ class Trainer:
         use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
         self.core = model.module if hasattr(model, "module") else model  # under DDP
+        self.mean = torch.tensor(step_input.mean, dtype=torch.float32, device=device)
+        self.world_size = world()[1]
 
-    def views(self, clip1: torch.Tensor, clip2: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        """The two derivative views of step `step` (METHOD.md), on the device."""
+    def view(self, clip: torch.Tensor, colour: torch.Tensor, order: int) -> torch.Tensor:
+        """Derivative view of one batch of clips (METHOD.md): colour jitter on floats in [0, 1],
+        centring by the dataset mean, then D_order and its scaling."""
+        x = apply_colour(clip.to(self.device, non_blocking=True), colour.to(self.device, non_blocking=True), self.mean)
+        v = derivative_view(x, order, self.inp.frames, self.inp.scaling, self.inp.sigma)
+        return v.contiguous(memory_format=self.memory_format)  # a no-op for channels-last
+
+    def views(self, batch, step: int) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+        """The two views of step `step`; a supervised model sees only the first."""
+        clip1, clip2, colour1, colour2, _ = batch
         a, b = self.schedule.pair(step)
-        x1 = to_float(clip1.to(self.device, non_blocking=True), self.inp.mean)
-        x2 = to_float(clip2.to(self.device, non_blocking=True), self.inp.mean)
-        v1 = derivative_view(x1, a, self.inp.frames, self.inp.scaling, self.inp.sigma)
-        v2 = derivative_view(x2, b, self.inp.frames, self.inp.scaling, self.inp.sigma)
-        return v1.contiguous(memory_format=self.memory_format), v2.contiguous(memory_format=self.memory_format), (a, b)
+        v2 = None if self.core.uses_labels else self.view(clip2, colour2, b)
+        return self.view(clip1, colour1, a), v2, (a, b)
 
-    def step(self, step: int, clip1: torch.Tensor, clip2: torch.Tensor, labels: torch.Tensor):
-        v1, v2, pair = self.views(clip1, clip2, step)
+    def step(self, step: int, batch):
+        """Forward, backward, optimiser and schedule steps; returns (loss, terms, pair) for logging,
+        averaged over processes under DDP (BYOL and supervised losses are per-rank means)."""
+        v1, v2, pair = self.views(batch, step)
         with self.autocast:
-            loss, terms = self.model(v1, v2, labels.to(self.device, non_blocking=True))
+            loss, terms = self.model(v1, v2, batch[4].to(self.device, non_blocking=True))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip:
@@ -133,7 +147,13 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.core.after_step(step, self.total_steps)
-        return loss.detach(), terms, pair
+        loss = loss.detach()
+        if self.world_size > 1:
+            values = torch.stack([loss.float(), *(v.float() for v in terms.values())])
+            dist.all_reduce(values)
+            values /= self.world_size
+            loss, terms = values[0], dict(zip(terms, values[1:]))
+        return loss, terms, pair
 
 
 def pretrain(config: dict, run: cfgmod.Run) -> Path:
@@ -145,7 +165,7 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
     rank, world_size = _init_distributed()
     device = _rank_device(config["device"], rank)
     index = DatasetIndex.load(cfgmod.shard_dir(config, run.dataset))
-    clips_cfg, pre = settings["clips"], settings["pretrain"]
+    clips_cfg, pre = settings["clips"], config["pretrain"]  # (settings omit the keys that do not change weights)
     model = build_model(settings, num_classes=len(index.classes)).to(device)
     if pre["channels_last"]:
         model = model.to(memory_format=torch.channels_last_3d)
@@ -157,6 +177,8 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
             _write_info(out_dir, settings, steps=0, wall=time.time() - started, device=device, world_size=world_size)
         return ckpt_dir / "final.pt"
 
+    if world_size > 1:  # before the optimiser: on CPU (gloo) the converter builds new BatchNorm parameters
+        model = convert_sync_batchnorm(model)
     optimizer = make_optimizer(model, pre)
     total = pre["steps"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -165,7 +187,7 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
     start_step = _resume(ckpt_dir, settings_hash, model, optimizer, scheduler)
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            convert_sync_batchnorm(model), device_ids=[device.index] if device.type == "cuda" else None
+            model, device_ids=[device.index] if device.type == "cuda" else None
         )
     schedule = BalancedSchedule(settings["variant"]["schedule"], seed=run.seed)
     stats = index.stats
@@ -182,11 +204,11 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
 
     logger = _TrainLog(out_dir / "train_log.csv", start_step, len(train_videos), pre["batch_size"]) if is_main() else None
     model.train()
-    bar = progress(total=total, initial=start_step, desc=run.name, unit="step", disable=None if is_main() else True)
+    bar = progress(total=total, initial=start_step, desc=run.name, unit="step", **({} if is_main() else {"disable": True}))
     tick = time.time()
-    for step, (clip1, clip2, labels) in enumerate(batches, start=start_step):
+    for step, batch in enumerate(batches, start=start_step):
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-        loss, terms, pair = trainer.step(step, clip1, clip2, labels)
+        loss, terms, pair = trainer.step(step, batch)
         if logger:
             logger.add(step, loss, terms, pair, lr)
         done = step + 1
@@ -306,12 +328,12 @@ def _resume(ckpt_dir: Path, settings_hash: str, model, optimizer, scheduler) -> 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # an unreadable checkpoint is set aside, never silently trusted
-        aside = path.with_name(f"last.unreadable-{int(time.time())}.pt")
+        aside = _unused_path(path.with_name(f"last.unreadable-{int(time.time())}.pt"))
         path.rename(aside)
         log.warning("checkpoint %s is unreadable (%s); moved to %s, starting over", path, exc, aside)
         return 0
     if state.get("settings_hash") != settings_hash:
-        aside = ckpt_dir.with_name(f"checkpoints.stale-{state.get('settings_hash')}")
+        aside = _unused_path(ckpt_dir.with_name(f"checkpoints.stale-{state.get('settings_hash')}"))
         ckpt_dir.rename(aside)
         log.warning("the checkpoint was made with other settings; moved it to %s and starting over", aside)
         return 0
@@ -323,6 +345,18 @@ def _resume(ckpt_dir: Path, settings_hash: str, model, optimizer, scheduler) -> 
         torch.cuda.set_rng_state_all(state["rng_cuda"])
     log.info("resuming from %s at step %d", path, state["step"])
     return int(state["step"])
+
+
+def _unused_path(path: Path) -> Path:
+    """`path`, or its name with -2, -3, ... (before a .pt suffix) when taken: a set-aside checkpoint
+    never replaces an earlier one (settings switched back and forth, two unreadable files in a second)."""
+    suffix = ".pt" if path.name.endswith(".pt") else ""
+    stem = path.name[: len(path.name) - len(suffix)]
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{stem}-{n}{suffix}")
+    return candidate
 
 
 def _write_final(path: Path, model, settings: dict, settings_hash: str, index: DatasetIndex, steps: int) -> None:

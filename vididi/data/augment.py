@@ -1,9 +1,10 @@
 """Per-clip spatial augmentation: one random draw per clip, applied identically to all its frames.
 
 Random resized crop, horizontal flip, colour jitter (p=0.8) and random grayscale (p=0.2), as in
-METHOD.md. Colour jitter is done as ONE affine colour map per clip: brightness, contrast, saturation
-and hue are each affine in RGB, so their random-order composition is a 3x3 matrix plus an offset,
-applied with a single einsum (cheap enough for the loader to keep up with training on 2 cores).
+METHOD.md. Colour jitter is ONE affine colour map per clip: brightness, contrast, saturation and hue
+are each affine in RGB, so their random-order composition (and grayscale) is a 3x3 matrix plus an
+offset. The loader draws it and crops / flips the uint8 frames; the training step applies the map on
+the device with a single einsum (so the loader keeps up with training on 2 CPU cores).
 Two documented differences from torchvision's ColorJitter: hue is a rotation about the grey axis in
 YIQ space (not an HSV shift), and values are clamped to [0, 1] once at the end, not after every step.
 Contrast blends towards the mean grey level of the whole clip, so every frame gets the same map.
@@ -71,17 +72,26 @@ def colour_jitter_map(
     return M, t
 
 
+IDENTITY_COLOUR = np.hstack([np.eye(3), np.zeros((3, 1))]).astype(np.float32)
+
+
 class ClipAugment:
-    """uint8 clip (L, 3, H, W) -> augmented uint8 tensor (3, L, size, size)."""
+    """uint8 clip (L, 3, H, W) -> (augmented uint8 clip (3, L, size, size), colour map (3, 4)).
+
+    The geometric part (random resized crop, flip) is applied here, on uint8 (cheap for the loader);
+    the colour part (jitter, grayscale) is only DRAWN here and returned as an affine map [M | t] that
+    the training step applies on the device (`apply_colour`) before the derivatives, on float values.
+    """
 
     def __init__(self, cfg: dict, size: int):
         self.cfg, self.size = cfg, size
 
-    def __call__(self, clip: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def __call__(self, clip: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
         cfg = self.cfg
         top, left, ch, cw = random_resized_crop_box(clip.shape[2], clip.shape[3], cfg["crop_scale"], cfg["crop_ratio"], rng)
-        x = clip[:, :, top : top + ch, left : left + cw].float()
-        # antialiasing only matters when shrinking
+        x = clip[:, :, top : top + ch, left : left + cw].contiguous(memory_format=torch.channels_last)
+        # uint8 resize in channels-last layout: several times faster than on floats; antialiasing only
+        # matters when shrinking
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
                           antialias=min(ch, cw) > self.size)  # fmt: skip
         if rng.uniform() < cfg["flip"]:
@@ -89,14 +99,34 @@ class ClipAugment:
         M, t = np.eye(3), np.zeros(3)
         jitter = cfg["color_jitter"]
         if rng.uniform() < jitter["p"]:
-            mean_rgb = x.mean(dim=(0, 2, 3)).numpy() / 255
+            # the clip's mean colour (contrast blends towards its grey level), from every 4th pixel
+            mean_rgb = x[:, :, ::4, ::4].float().mean(dim=(0, 2, 3)).numpy() / 255
             M, t = colour_jitter_map(mean_rgb, rng, jitter["brightness"], jitter["contrast"], jitter["saturation"], jitter["hue"])
         if rng.uniform() < cfg["grayscale"]:
             grey = np.outer(np.ones(3), LUMA)
             M, t = grey @ M, grey @ t
-        if not np.array_equal(M, np.eye(3)) or t.any():
-            x = torch.einsum("ij,ljhw->lihw", torch.from_numpy(M).float(), x) + torch.from_numpy(t * 255).float()[None, :, None, None]
-        return x.clamp_(0, 255).round_().to(torch.uint8).permute(1, 0, 2, 3).contiguous()
+        colour = np.hstack([M, t[:, None]]).astype(np.float32)
+        return x.permute(1, 0, 2, 3).contiguous(), colour
+
+
+def apply_colour(clips: torch.Tensor, colour: torch.Tensor, mean=(0.0, 0.0, 0.0)) -> torch.Tensor:
+    """uint8 clips (B, 3, L, H, W) with per-clip colour maps (B, 3, 4) = [M | t] -> float
+    clamp(M x + t, 0, 1) - mean, x = clips / 255, shaped (B, 3, L, H, W) in channels-last-3d layout.
+
+    Each output channel is three fused multiply-adds over the input channels (a 3x3 matmul per pixel
+    is slow on CPUs), with 1/255 folded into M, the mean into t and the clamp bounds; the channels are
+    stacked last, the layout the encoder runs fastest in and that derivatives of the result keep.
+    """
+    x = clips.float()
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device)
+    m = colour[:, :, :3].float().div(255)[..., None, None, None]  # (B, 3, 3, 1, 1, 1)
+    t = (colour[:, :, 3].float() - mean)[..., None, None, None]  # (B, 3, 1, 1, 1)
+    channels = []
+    for i in range(3):
+        y = x[:, 0] * m[:, i, 0]
+        y.addcmul_(x[:, 1], m[:, i, 1]).addcmul_(x[:, 2], m[:, i, 2]).add_(t[:, i])
+        channels.append(y.clamp_(-mean[i], 1 - mean[i]))
+    return torch.stack(channels, dim=-1).permute(0, 4, 1, 2, 3)
 
 
 def centre_crop(clip: torch.Tensor, size: int) -> torch.Tensor:

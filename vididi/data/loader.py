@@ -1,7 +1,8 @@
 """Clip datasets over the HDF5 shards.
 
 - `TrainClips`: two clips of T+2 frames at stride s from independent random start times of the same
-  video, each with its own spatial augmentation (METHOD.md), as uint8 (3, T+2, size, size).
+  video, each with its own spatial augmentation (METHOD.md): uint8 (3, T+2, size, size) cropped and
+  flipped, plus its colour-jitter map (3, 4) that the training step applies on the device.
 - `StepBatches`: the batch of training step k is a pure function of (seed, k): an endless stream of
   seeded permutations of the training videos, cut into global batches; each DDP rank takes every
   world-th item. Every item carries its own RNG key, so resuming at step k reproduces exactly what an
@@ -20,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import ClipAugment, centre_crop
+from ..utils import VididiError
 from .shards import DatasetIndex, FrameReader
 
 
@@ -44,7 +46,8 @@ def uniform_starts(n_frames: int, span: int, k: int) -> np.ndarray:
 
 
 class TrainClips(Dataset):
-    """Items are (video row, RNG key) pairs from `StepBatches`; returns (clip1, clip2, label)."""
+    """Items are (video row, RNG key) pairs from `StepBatches`; returns
+    (clip1, clip2, colour1, colour2, label)."""
 
     def __init__(self, index: DatasetIndex, clips: dict, augment: dict):
         self.index, self.reader = index, FrameReader(index)
@@ -58,11 +61,13 @@ class TrainClips(Dataset):
         video, key = item
         rng = np.random.default_rng(key)
         n = int(self.index.n_frames[video])
-        views = []
+        clips, colours = [], []
         for _ in range(2):  # independent start time and augmentation per clip
             frames = clip_frame_numbers(n, self.length, self.stride, rng=rng)
-            views.append(self.augment(self.reader.read(video, frames), rng))
-        return views[0], views[1], int(self.index.label[video])
+            clip, colour = self.augment(self.reader.read(video, frames), rng)
+            clips.append(clip)
+            colours.append(torch.from_numpy(colour))
+        return clips[0], clips[1], colours[0], colours[1], int(self.index.label[video])
 
 
 class StepBatches(Sampler):
@@ -72,7 +77,7 @@ class StepBatches(Sampler):
     def __init__(self, videos: np.ndarray, batch_size: int, seed: int, start_step: int, total_steps: int,
                  rank: int = 0, world: int = 1):  # fmt: skip
         if batch_size % world:
-            raise ValueError(f"global batch {batch_size} is not divisible by {world} processes")
+            raise VididiError(f"pretrain.batch_size {batch_size} is not divisible by the {world} processes")
         self.videos, self.batch_size, self.seed = np.asarray(videos), batch_size, seed
         self.start_step, self.total_steps, self.rank, self.world = start_step, total_steps, rank, world
         self._epoch, self._perm = -1, None
