@@ -18,7 +18,7 @@ TINY = {
             "source": "synthetic",
             "synthetic": {
                 "classes": ["LinearMotion", "Accelerating", "Orbit", "Pulsing"],
-                "groups": 3, "clips_per_group": 2, "test_groups": 1,
+                "groups": 3, "clips_per_group": 2, "test_groups": 1, "val_groups": 1,
                 "frames": 24, "size": 32, "fps": 8,
                 "untrimmed": {"train": 2, "test": 2, "frames": 64, "segments": [1, 2], "segment_frames": [16, 24], "min_gap": 4},
             },

@@ -457,7 +457,7 @@ def test_folder_dataset_through_manifest_extract_index(tmp_path):
     assert per_class == {(c, subset): n for c in CLASSES for subset, n in (("train", 2), ("test", 1))}
     info = index.info
     assert info["n_videos"] == n_videos and info["n_bad"] == 0
-    assert len(info["stats"]["sigma"]) == 3 and all(s > 0 for s in info["stats"]["sigma"])
+    assert len(info["stats"]["1"]["sigma"]) == 3 and all(s > 0 for s in info["stats"]["1"]["sigma"])
     # the stored frames are the encoded ones, in order: the square is where it was drawn
     reader = FrameReader(index)
     for row, video_id in enumerate(index.video_id):

@@ -199,7 +199,11 @@ def test_index_and_dataset_json(tiny_data):
         else:
             assert classes[int(label)] == vid.split("/")[0]
             assert (is_untrimmed, int(n_frames)) == ("0", settings["frames"])
-            assert splits == ("1:train" if vid in train else "1:test")
+            # split 2 (validation) divides split 1's training groups and leaves its test groups out
+            group = int(vid.rsplit("_g", 1)[1][:2])
+            val = settings["groups"] - settings["test_groups"] - settings["val_groups"] < group
+            expected = ("1:train," + ("2:test" if val else "2:train")) if vid in train else "1:test"
+            assert splits == expected
     # temporal ground truth of the untrimmed videos, in seconds, as annotated
     annotated = []
     for file in (root / "untrimmed" / "annotation").glob("*.txt"):
@@ -315,7 +319,7 @@ def test_every_bad_video_is_listed_with_its_reason(corrupted):
         assert path == f"{vid}.mp4" and reason.strip(), vid
         how = CORRUPTED[vid]
         if how == "deleted":
-            assert reason.startswith("missing:") and "trainlist01.txt" in reason
+            assert reason.startswith("missing:") and "list0" in reason  # named in a split list
         elif how == "truncated_streamable":
             assert "truncated" in reason
         elif how == "zero_bytes":
@@ -531,3 +535,16 @@ def test_stage_arguments_are_checked(tiny_data, tmp_path):
     missing_root = tiny_config(tmp_path, datasets={DS: {"root": str(tmp_path / "nowhere")}})
     with pytest.raises(VididiError, match="not found"):
         write_manifest(missing_root, DS)
+
+
+def test_each_split_has_its_own_selection_and_stats(tiny_data):
+    """Split 2 (validation) lies inside split 1's training videos, with derivative scales of its own."""
+    _, index = tiny_data
+    val = DatasetIndex.load(index.root, "2")
+    assert set(index.info["stats"]) == {"1", "2"} and index.split == "1"
+    official_train, official_test = set(index.select("train")), set(index.select("test"))
+    assert set(val.select("test")) and set(val.select("test")) <= official_train
+    assert set(val.select("train")) | set(val.select("test")) == official_train
+    assert not (set(val.select("train")) | set(val.select("test"))) & official_test
+    assert len(val.select("train", untrimmed=True)) == 0  # detection videos belong to split 1 only
+    assert val.stats != index.stats and all(s > 0 for s in val.stats["sigma"])

@@ -18,7 +18,7 @@ from vididi.ffmpeg import decode
 from vididi.utils import VididiError
 
 MICRO = {  # 2 classes x 2 groups x 1 clip + 1 + 1 untrimmed videos: a dataset in about a second
-    "classes": ["LinearMotion", "Accelerating"], "groups": 2, "clips_per_group": 1, "test_groups": 1,
+    "classes": ["LinearMotion", "Accelerating"], "groups": 2, "clips_per_group": 1, "test_groups": 1, "val_groups": 0,
     "frames": 12, "size": 32, "fps": 8,
     "untrimmed": {"train": 1, "test": 1, "frames": 32, "segments": [1, 1], "segment_frames": [8, 10], "min_gap": 2},
 }  # fmt: skip
@@ -280,6 +280,11 @@ def test_ucf101_names_and_whole_groups_per_split(tiny_data, tiny_raw):
     last = settings["groups"] - settings["test_groups"]
     for (_, group), subsets in split_of_group.items():
         assert subsets == ({"test"} if int(group) > last else {"train"})
+    # split 2 (validation): the last val_groups training groups are its test part; no split-1 test video
+    val_train = {line.split()[0] for line in (root / "trainlist02.txt").read_text().splitlines() if line}
+    val_test = {line.split()[0] for line in (root / "testlist02.txt").read_text().splitlines() if line}
+    assert val_train | val_test == {t[0] for t in train} and not val_train & val_test
+    assert all(int(UCF_NAME.match(v)["g"]) > last - settings["val_groups"] for v in val_test)
 
 
 def test_untrimmed_videos_parse_back_with_valid_segments(tiny_data, tiny_raw):

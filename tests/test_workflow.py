@@ -24,7 +24,7 @@ MICRO = {  # 10 videos in 2 shards: the smallest dataset that still has train/te
         "synthetic": {
             "source": "synthetic",
             "synthetic": {
-                "classes": ["LinearMotion", "Pulsing"], "groups": 2, "clips_per_group": 2, "test_groups": 1,
+                "classes": ["LinearMotion", "Pulsing"], "groups": 2, "clips_per_group": 2, "test_groups": 1, "val_groups": 0,
                 "frames": 16, "size": 32, "fps": 8,
                 "untrimmed": {"train": 1, "test": 1, "frames": 32, "segments": [1, 1], "segment_frames": [8, 10], "min_gap": 2},
             },
@@ -127,7 +127,7 @@ def test_real_run_of_the_data_stage(tmp_path):
     assert header.split("\t")[0] == "video_id" and len(rows) == 10  # 2 classes x 2 groups x 2 clips + 2 untrimmed
     info = json.loads((shards / "dataset.json").read_text())
     assert info["classes"] == ["LinearMotion", "Pulsing"] and info["n_bad"] == 0
-    assert len(info["stats"]["sigma"]) == 3 and all(s > 0 for s in info["stats"]["sigma"])
+    assert len(info["stats"]["1"]["sigma"]) == 3 and all(s > 0 for s in info["stats"]["1"]["sigma"])
     assert (shards / "bad_videos.tsv").read_text() == "video_id\tpath\treason\n"
     logs = tmp_path / "data" / "logs" / "synthetic"
     expected_logs = {"generate.log", "manifest.log", "extract-00000.log", "extract-00001.log", "index.log"}

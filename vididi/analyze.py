@@ -80,7 +80,7 @@ def analyse(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
 
     device = resolve_device(config["device"])
     frame_encoder, note = prepare_encoder(config, run, device)
-    index = DatasetIndex.load(cfgmod.shard_dir(config, eval_dataset))
+    index = DatasetIndex.for_dataset(config, eval_dataset)
     clips_cfg = config["datasets"][eval_dataset]["clips"]
     reader = FrameReader(index)
     shown = set(figure_videos(index, fig_cfg["attention_videos"]))

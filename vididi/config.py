@@ -56,9 +56,15 @@ def deep_update(base: dict, update: dict) -> dict:
     return out
 
 
+BUILTIN_VARIANTS = {"base": {"schedule": "frames_only"}, "vididi": {"schedule": "all9"}}
+
+
 def resolve(config: dict) -> dict:
     """Validate `config` against the schema with defaults filled in; check cross references."""
     config = copy.deepcopy(config)
+    variants = config.get("variants", {})
+    if isinstance(variants, dict):  # configured variants add to base / vididi (or retune them)
+        config["variants"] = deep_update(BUILTIN_VARIANTS, variants)
     validator = _validator()
     errors = list(validator.iter_errors(config))
     if errors:
@@ -222,8 +228,11 @@ def has_trimmed(config: dict, dataset: str) -> bool:
 
 
 def has_untrimmed(config: dict, dataset: str) -> bool:
-    """Untrimmed videos with action segments in both subsets (detection)."""
+    """Untrimmed videos with action segments in both subsets (detection). They belong to split "1"
+    only (THUMOS14's validation/test videos), so detection runs on that split."""
     ds = config["datasets"][dataset]
+    if ds["split"] != "1":
+        return False
     if ds["source"] == "synthetic":
         return ds["synthetic"]["untrimmed"]["train"] > 0 and ds["synthetic"]["untrimmed"]["test"] > 0
     return ds["source"] in UNTRIMMED_SOURCES
@@ -279,14 +288,14 @@ def raw_settings(config: dict, dataset: str) -> dict:
 def data_settings(config: dict, dataset: str) -> dict:
     """What the shards of `dataset` depend on."""
     ds = config["datasets"][dataset]
-    return {**raw_settings(config, dataset), **{k: ds[k] for k in ("listing", "split", "extract")}}
+    return {**raw_settings(config, dataset), **{k: ds[k] for k in ("listing", "extract")}}
 
 
 def pretrain_settings(config: dict, run: Run) -> dict:
     """What a pretraining run's weights depend on."""
     settings = {
         "run": run.name,
-        "data": data_settings(config, run.dataset),
+        "data": {**data_settings(config, run.dataset), "split": config["datasets"][run.dataset]["split"]},
         "clips": config["datasets"][run.dataset]["clips"],
         # how often to log / checkpoint, workers and GPU count do not change the weights
         "pretrain": {k: v for k, v in config["pretrain"].items() if k not in ("log_every", "checkpoint_every", "num_workers", "gpus")},

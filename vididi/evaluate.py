@@ -89,7 +89,7 @@ def detection(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     if "windows" not in features:
         raise VididiError(f"{features_path} has no untrimmed-video windows: {eval_dataset} has no detection videos")
     dcfg = config["evaluation"]["detection"]
-    info = DatasetIndex.load(cfgmod.shard_dir(config, eval_dataset)).info
+    info = DatasetIndex.for_dataset(config, eval_dataset).info
     classes = features["classes"]
     ground_truth = [Segment(v, s, e, int(c)) for v, s, e, c in info["segments"]]
     windows = features["windows"]

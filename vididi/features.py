@@ -88,7 +88,7 @@ def prepare_encoder(config: dict, run: cfgmod.Run, device: torch.device) -> tupl
     ev = config["evaluation"]
     note = {"checkpoint": str(ckpt), "bn_recalibrated": False, "bn_recalibration_clips": 0, "scaling": scaling}
     if ev["bn_recalibration"]:
-        index = DatasetIndex.load(cfgmod.shard_dir(config, run.dataset))
+        index = DatasetIndex.for_dataset(config, run.dataset)
         clips_cfg = config["datasets"][run.dataset]["clips"]
         train = index.select("train")
         k = clips_cfg["eval_clips"]
@@ -103,7 +103,7 @@ def prepare_encoder(config: dict, run: cfgmod.Run, device: torch.device) -> tupl
 def extract_features(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     device = resolve_device(config["device"])
     frame_encoder, note = prepare_encoder(config, run, device)
-    index = DatasetIndex.load(cfgmod.shard_dir(config, eval_dataset))
+    index = DatasetIndex.for_dataset(config, eval_dataset)
     clips_cfg = config["datasets"][eval_dataset]["clips"]
     ev = config["evaluation"]
     out = cfgmod.run_dir(config, run) / "features" / f"{eval_dataset}.h5"

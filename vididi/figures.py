@@ -48,7 +48,7 @@ def make_figure(config: dict, dataset: str, name: str) -> list[Path]:
 
 
 def _derivatives(config: dict, dataset: str):
-    index = DatasetIndex.load(cfgmod.shard_dir(config, dataset))
+    index = DatasetIndex.for_dataset(config, dataset)
     clips_cfg = config["datasets"][dataset]["clips"]
     reader = FrameReader(index)
     clips, names = [], []

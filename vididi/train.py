@@ -164,7 +164,7 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
     ckpt_dir = out_dir / "checkpoints"
     rank, world_size = _init_distributed()
     device = _rank_device(config["device"], rank)
-    index = DatasetIndex.load(cfgmod.shard_dir(config, run.dataset))
+    index = DatasetIndex.for_dataset(config, run.dataset)
     clips_cfg, pre = settings["clips"], config["pretrain"]  # (settings omit the keys that do not change weights)
     model = build_model(settings, num_classes=len(index.classes)).to(device)
     if pre["channels_last"]:

@@ -81,7 +81,6 @@ def write_manifest(config: dict, dataset: str) -> Path:
     manifest = {
         "dataset": dataset,
         "root": str(root),
-        "split": ds["split"],
         "classes": listing.classes,
         "n_shards": math.ceil(len(videos) / size),
         "videos": videos,
@@ -177,7 +176,6 @@ def build_index(config: dict, dataset: str) -> Path:
     info = {
         "dataset": dataset,
         "source": ds["source"],
-        "split": ds["split"],
         "classes": manifest["classes"],
         "segments": manifest["segments"],
         "n_videos": len(rows),
@@ -186,7 +184,8 @@ def build_index(config: dict, dataset: str) -> Path:
         "stats": None,
     }
     write_json(folder / "dataset.json", info)  # stats need the index to read clips
-    info["stats"] = measure_stats(DatasetIndex.load(folder), ds["clips"], seed=ds["seed"])
+    splits = DatasetIndex.load(folder).split_names()
+    info["stats"] = {split: measure_stats(DatasetIndex.load(folder, split), ds["clips"], seed=ds["seed"]) for split in splits}
     write_json(folder / "dataset.json", info)
     log.info("%s: indexed %d videos (%d bad); stats %s", dataset, len(rows), len(bad), info["stats"])
     return folder / "index.tsv"

@@ -143,10 +143,18 @@ class DatasetIndex:
     label: np.ndarray
     untrimmed: np.ndarray
     splits: list[dict[str, str]]
-    info: dict  # dataset.json: classes, segments, stats (mean, sigma), settings
+    info: dict  # dataset.json: classes, segments, stats per split (mean, sigma), settings
+    split: str  # the official split this view of the dataset uses ("1", "2", ...)
 
     @classmethod
-    def load(cls, root: str | Path) -> "DatasetIndex":
+    def for_dataset(cls, config: dict, dataset: str) -> "DatasetIndex":
+        """The index of a configured dataset, bound to its configured split."""
+        from ..config import shard_dir
+
+        return cls.load(shard_dir(config, dataset), config["datasets"][dataset]["split"])
+
+    @classmethod
+    def load(cls, root: str | Path, split: str = "1") -> "DatasetIndex":
         root = Path(root)
         index_file, info_file = root / "index.tsv", root / "dataset.json"
         for f in (index_file, info_file):
@@ -163,26 +171,32 @@ class DatasetIndex:
             n_frames=np.array(col["n_frames"], np.int64), height=np.array(col["height"], np.int64),
             width=np.array(col["width"], np.int64), fps=np.array(col["fps"], np.float64),
             label=np.array(col["label"], np.int64), untrimmed=np.array(col["untrimmed"]) == "1",
-            splits=[parse_splits(c) for c in col["splits"]], info=info,
+            splits=[parse_splits(c) for c in col["splits"]], info=info, split=split,
         )
 
     def __len__(self) -> int:
         return len(self.video_id)
 
-    def select(self, subset: str, split: str | None = None, untrimmed: bool = False) -> np.ndarray:
-        """Indices of the videos in `subset` ("train" | "test") of `split` (default: the dataset's)."""
-        split = split or self.info["split"]
+    def select(self, subset: str, untrimmed: bool = False) -> np.ndarray:
+        """Indices of the videos in `subset` ("train" | "test") of this view's split."""
         return np.array(
-            [i for i, s in enumerate(self.splits) if s.get(split) == subset and self.untrimmed[i] == untrimmed],
+            [i for i, s in enumerate(self.splits) if s.get(self.split) == subset and self.untrimmed[i] == untrimmed],
             np.int64,
         )
+
+    def split_names(self) -> list[str]:
+        return sorted({name for s in self.splits for name in s})
 
     def shard_path(self, shard: int) -> Path:
         return self.root / f"shard-{shard:05d}.h5"
 
     @property
     def stats(self) -> dict:
-        return self.info["stats"]
+        """Mean and derivative scales measured on this split's training clips."""
+        stats = self.info["stats"]
+        if self.split not in stats:
+            raise VididiError(f"{self.root}: no split {self.split!r} (splits: {', '.join(stats)})")
+        return stats[self.split]
 
 
 class FrameReader:

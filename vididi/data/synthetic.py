@@ -359,14 +359,25 @@ def class_names(cfg: dict) -> list[str]:
     return list(names)
 
 
+def group_split(cfg: dict, group: int) -> tuple[str, str | None]:
+    """(split 1, split 2) membership of a group: split 1 = train / test; split 2, the validation
+    protocol for tuning, divides split 1's training groups into train / test (val) and leaves the
+    test groups out, so tuning never sees a test video."""
+    first_test = cfg["groups"] - cfg["test_groups"] + 1
+    if group >= first_test:
+        return "test", None
+    if not cfg["val_groups"]:
+        return "train", None
+    return "train", ("test" if group >= first_test - cfg["val_groups"] else "train")
+
+
 def trimmed_plan(cfg: dict) -> list[tuple[int, str, int, int, str]]:
-    """(class index, class name, group, clip, 'train'|'test') for every trimmed video."""
+    """(class index, class name, group, clip, split-1 subset) for every trimmed video."""
     plan = []
     for ci, name in enumerate(class_names(cfg)):
         for g in range(1, cfg["groups"] + 1):
-            split = "test" if g > cfg["groups"] - cfg["test_groups"] else "train"
             for c in range(1, cfg["clips_per_group"] + 1):
-                plan.append((ci, name, g, c, split))
+                plan.append((ci, name, g, c, group_split(cfg, g)[0]))
     return plan
 
 
@@ -382,15 +393,15 @@ def generate(root: str | Path, cfg: dict, seed: int, workers: int = 1) -> None:
     root = final.with_name(final.name + ".partial")
     shutil.rmtree(root, ignore_errors=True)
     names = class_names(cfg)
-    if cfg["test_groups"] >= cfg["groups"]:
-        raise VididiError("synthetic.test_groups must be smaller than synthetic.groups")
+    if cfg["test_groups"] + cfg["val_groups"] >= cfg["groups"]:
+        raise VididiError("synthetic: test_groups + val_groups must be smaller than groups (some groups must train)")
     jobs = [("trimmed", *item) for item in trimmed_plan(cfg)]
     ucfg = cfg["untrimmed"]
     jobs += [("untrimmed", "val", "validation", k) for k in range(1, ucfg["train"] + 1)]
     jobs += [("untrimmed", "test", "test", k) for k in range(1, ucfg["test"] + 1)]
 
     meta: dict = {"seed": seed, "settings": cfg, "classes": names, "videos": {}}
-    train_lines, test_lines = [], []
+    lists: dict[str, list[str]] = {"trainlist01": [], "testlist01": [], "trainlist02": [], "testlist02": []}
     annotations: dict[tuple[str, str], list[str]] = {}
     with ProcessPoolExecutor(max(1, workers), initializer=_init_worker, initargs=(str(root), cfg, seed)) as pool, \
             atomic_path(root / "objects.h5") as tmp_objects, h5py.File(tmp_objects, "w", track_order=True) as objects:
@@ -402,18 +413,19 @@ def generate(root: str | Path, cfg: dict, seed: int, workers: int = 1) -> None:
             group.create_dataset("boxes", data=boxes_from_masks(masks), track_times=False)
             meta["videos"][video_id] = info
             if job[0] == "trimmed":
-                ci, split = job[1], job[5]
-                if split == "train":
-                    train_lines.append(f"{video_id}.mp4 {ci + 1}")
-                else:
-                    test_lines.append(f"{video_id}.mp4")
+                ci, group = job[1], job[3]
+                for number, subset in enumerate(group_split(cfg, group), start=1):
+                    if subset is not None:  # UCF101 format: train lines carry the 1-based label
+                        line = f"{video_id}.mp4 {ci + 1}" if subset == "train" else f"{video_id}.mp4"
+                        lists[f"{subset}list{number:02d}"].append(line)
             else:
                 video_name = video_id.rsplit("/", 1)[1]
                 for name, start, end in info["segments"]:
                     annotations.setdefault((name, job[1]), []).append(f"{video_name} {start:.2f} {end:.2f}")
     write_text(root / "classInd.txt", "".join(f"{i + 1} {name}\n" for i, name in enumerate(names)))
-    write_text(root / "trainlist01.txt", "\n".join(train_lines) + "\n")
-    write_text(root / "testlist01.txt", "\n".join(test_lines) + "\n")
+    for name, lines in lists.items():
+        if lines:
+            write_text(root / f"{name}.txt", "\n".join(lines) + "\n")
     for name in names:
         for subset in ("val", "test"):
             lines = annotations.get((name, subset), [])

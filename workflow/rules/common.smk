@@ -62,7 +62,8 @@ def run_of(wildcards):
 
 def eval_hash(wildcards):
     """What evaluation outputs depend on beyond their input files."""
-    return vc.settings_hash([config["evaluation"], config["datasets"][wildcards.eval_dataset]["clips"]])
+    ds = config["datasets"][wildcards.eval_dataset]
+    return vc.settings_hash([config["evaluation"], ds["clips"], ds["split"]])
 
 
 def metric_files(dataset):
