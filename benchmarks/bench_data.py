@@ -174,12 +174,12 @@ def loader_samples_per_second(index: DatasetIndex, augment: dict, workers: int, 
     sampler = StepBatches(np.arange(len(index)), batch_size=batch, seed=0, start_step=0, total_steps=batches + 2)
     it = iter(loader(data, num_workers=workers, batch_sampler=sampler))
     for _ in range(2):
-        first, second, _ = next(it)
+        first = next(it)[0]  # (clip1, clip2, colour1, colour2, labels)
     assert first.shape == (batch, 3, CLIP["frames"] + 2, CLIP["size"], CLIP["size"]) and first.dtype == torch.uint8
     start = time.perf_counter()
     count = 0
-    for first, second, _ in it:
-        count += len(first)
+    for batch_ in it:
+        count += len(batch_[0])
     return count / (time.perf_counter() - start)
 
 

@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer_times, bare_times = time_steps(s, args.warmup, args.steps)
     parts = time_views(s, args.repeats)
 
-    t_trainer, t_bare = statistics.median(trainer_times), statistics.median(bare_times)
+    t_trainer = statistics.median(trainer_times)
     ratios = [t / b - 1 for t, b in zip(trainer_times, bare_times)]
     r25, overhead, r75 = quartiles(ratios)
     overhead_min = min(trainer_times) / min(bare_times) - 1

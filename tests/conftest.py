@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,46 @@ import pytest
 os.environ.setdefault("VIDIDI_NO_PROGRESS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+BIN = Path(sys.executable).parent  # the venv's bin: snakemake, hadolint and the `vididi` script rules call
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """The environment for subprocesses: the venv's tools on PATH, no progress bars."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "VIDIDI_NO_PROGRESS": "1", **extra}
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 120, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the repository's workflow in `workdir` (its config.yaml, data/ and results/ live there)."""
+    command = [str(BIN / "snakemake"), "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
+    return subprocess.run(command, cwd=workdir, env=tool_env(**(extra_env or {})), capture_output=True, text=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table Snakemake prints: rule -> count (without the total)."""
+    counts, in_table = {}, False
+    for line in output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+        elif in_table:
+            fields = line.split()
+            if len(fields) == 2 and fields[1].isdigit():
+                if fields[0] == "total":
+                    break
+                counts[fields[0]] = int(fields[1])
+    return counts
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: the machine has 2 shared cores, and CLI subprocesses run with `threads: 1`,
+    so in-process reference computations use the same reduction order (bitwise comparisons)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 TINY = {
     "threads": 2,

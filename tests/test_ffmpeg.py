@@ -14,7 +14,6 @@ from vididi import ffmpeg
 from vididi.ffmpeg import decode, encode_h264
 from vididi.utils import VididiError
 
-
 # --------------------------------------------------------------------------------------------------
 # Binary discovery: $VIDIDI_FFMPEG, then PATH, then the imageio-ffmpeg wheel
 

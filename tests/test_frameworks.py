@@ -213,7 +213,7 @@ def test_global_batchnorm_equals_batchnorm_without_a_group(make_bn, shape):
             reference.bias.uniform_(-1.0, 1.0)
     ours = GlobalBatchNorm.from_batchnorm(reference)
     reference_copy = copy.deepcopy(reference)
-    for step in range(3):  # train mode: batch statistics and running-stat updates
+    for _ in range(3):  # train mode: batch statistics and running-stat updates
         x = torch.randn(*shape) * 3 + 5
         upstream = torch.randn(*shape)
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()

@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from vididi.utils import VididiError
-
 from vididi.data.augment import IDENTITY_COLOUR, LUMA, ClipAugment, apply_colour, colour_jitter_map, random_resized_crop_box
 from vididi.data.loader import (
     EvalClips,
@@ -21,6 +19,9 @@ from vididi.data.loader import (
     window_starts,
 )
 from vididi.data.shards import FrameReader
+from vididi.utils import VididiError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 DS = "synthetic"
 NO_AUGMENT = {
@@ -29,12 +30,6 @@ NO_AUGMENT = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def clips_of(tiny_data) -> dict:

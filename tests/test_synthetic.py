@@ -9,8 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import tiny_config
 
+from conftest import tiny_config
 from vididi.config import deep_update, raw_dir
 from vididi.data.splits import list_dataset
 from vididi.data.synthetic import DYNAMICS, generate

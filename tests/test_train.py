@@ -39,6 +39,8 @@ from vididi.schedule import BalancedSchedule
 from vididi.train import build_model, lr_factor, make_optimizer, pretrain
 from vididi.utils import VididiError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 DS = "synthetic"
 ALL9 = {f"{a}{b}" for a in range(3) for b in range(3)}
@@ -52,14 +54,6 @@ TERMS = {  # the loss terms each framework logs, in its column order
 LIGHT_AUGMENT = {"crop_scale": [0.9, 1.0], "flip": 0.0, "color_jitter": {"p": 0.0}, "grayscale": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """1 intra-op thread: the machine has 2 shared cores, and the CLI subprocesses below run with
-    `threads: 1`, so in-process reference runs must use the same reduction order to match bitwise."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_config(workdir: Path, tiny_data, framework: str, variant: str, seed: int = 0, augment: dict | None = None,

@@ -6,17 +6,12 @@ import json
 import os
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import REPO, job_counts, snakemake
 from vididi.config import load_config
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "workflow" / "Snakefile"
-BIN = Path(sys.executable).parent  # the venv's bin: snakemake and the `vididi` console script the rules call
 
 MICRO = {  # 10 videos in 2 shards: the smallest dataset that still has train/test, untrimmed videos and >1 shard
     "threads": 2,
@@ -36,10 +31,6 @@ MICRO = {  # 10 videos in 2 shards: the smallest dataset that still has train/te
 DATA_TARGETS = [f"data/shards/synthetic/{name}" for name in ("index.tsv", "dataset.json", "bad_videos.tsv")]
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 120, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "VIDIDI_NO_PROGRESS": "1", **(extra_env or {})}
-    command = [str(BIN / "snakemake"), "--directory", str(workdir), "-s", str(SNAKEFILE), *args]
-    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def stderr_lines(done: subprocess.CompletedProcess) -> list[str]:
@@ -47,19 +38,6 @@ def stderr_lines(done: subprocess.CompletedProcess) -> list[str]:
     return [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("Using workflow specific profile")]
 
 
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run: rule -> count."""
-    counts, in_table = {}, False
-    for line in output.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-        elif in_table:
-            fields = line.split()
-            if len(fields) == 2 and fields[1].isdigit():
-                if fields[0] == "total":
-                    break
-                counts[fields[0]] = int(fields[1])
-    return counts
 
 
 def test_dry_run_on_the_default_config(tmp_path):

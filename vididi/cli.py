@@ -7,6 +7,7 @@ with one line `vididi <stage>: error: ...` and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         from .config import load_config
 
         config = load_config(args.config or ["config.yaml"])
+        # before torch / scikit-learn load: their OpenMP pools default to every core, which thrashes
+        # when Snakemake runs jobs side by side (Snakemake sets this itself to the rule's threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(config["threads"]))
         if args.dataset not in config["datasets"]:
             raise VididiError(f"dataset {args.dataset!r} is not in the config (datasets: {', '.join(config['datasets'])})")
         _dispatch(args, config)
@@ -75,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, config: dict) -> None:
     stage, dataset = args.stage, args.dataset
     if stage == "generate":
-        from .data.synthetic import generate
         from .config import raw_dir
+        from .data.synthetic import generate
 
         ds = config["datasets"][dataset]
         if ds["source"] != "synthetic":

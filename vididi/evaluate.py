@@ -30,9 +30,11 @@ from .retrieval import recall_at_k
 from .utils import VididiError, write_metrics
 
 
-def _paths(config: dict, run: cfgmod.Run, eval_dataset: str, stage: str) -> tuple[Path, Path]:
+def _load(config: dict, run: cfgmod.Run, eval_dataset: str, stage: str) -> tuple[dict, Path, Path]:
+    """(features, features file, metric file) of a stage."""
     base = cfgmod.run_dir(config, run)
-    return base / "features" / f"{eval_dataset}.h5", base / "metrics" / f"{stage}-{eval_dataset}.json"
+    features_path = base / "features" / f"{eval_dataset}.h5"
+    return read_features(features_path), features_path, base / "metrics" / f"{stage}-{eval_dataset}.json"
 
 
 def _settings(config: dict, run: cfgmod.Run, eval_dataset: str, features: dict) -> dict:
@@ -51,8 +53,7 @@ def _trimmed(features: dict, path: Path) -> tuple[dict, dict]:
 
 
 def retrieval(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
-    features_path, out = _paths(config, run, eval_dataset, "retrieval")
-    features = read_features(features_path)
+    features, features_path, out = _load(config, run, eval_dataset, "retrieval")
     train, test = _trimmed(features, features_path)
     ks = config["evaluation"]["retrieval_ks"]
     result = recall_at_k(test["features"], test["labels"], train["features"], train["labels"], ks=ks)
@@ -67,8 +68,7 @@ def retrieval(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
 
 
 def probe(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
-    features_path, out = _paths(config, run, eval_dataset, "probe")
-    features = read_features(features_path)
+    features, features_path, out = _load(config, run, eval_dataset, "probe")
     train, test = _trimmed(features, features_path)
     pcfg = config["evaluation"]["probe"]
     result = linear_probe(train["features"], train["labels"], test["features"], test["labels"],
@@ -84,8 +84,7 @@ def probe(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
 def detection(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     from .data.shards import DatasetIndex
 
-    features_path, out = _paths(config, run, eval_dataset, "detection")
-    features = read_features(features_path)
+    features, features_path, out = _load(config, run, eval_dataset, "detection")
     if "windows" not in features:
         raise VididiError(f"{features_path} has no untrimmed-video windows: {eval_dataset} has no detection videos")
     dcfg = config["evaluation"]["detection"]

@@ -96,7 +96,7 @@ def prepare_encoder(config: dict, run: cfgmod.Run, device: torch.device) -> tupl
         chosen = np.random.default_rng([run.seed, 4242]).choice(train, size=n_videos, replace=False)
         clips = EvalClips(index, np.sort(chosen), clips_cfg, k=k)
         seen = recalibrate_batchnorm(frame_encoder, loader(clips, ev["num_workers"], batch_size=max(1, ev["batch_size"] // k)))
-        note.update(bn_recalibrated=True, bn_recalibration_clips=seen)
+        note.update(bn_recalibrated=seen > 0, bn_recalibration_clips=seen)  # 0: the encoder has no BatchNorm
     return frame_encoder, note
 
 

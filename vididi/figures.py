@@ -22,8 +22,8 @@ import numpy as np
 
 from . import config as cfgmod
 from .analysis import top_classes, tsne_2d
-from .config import available_figures, comparison_runs
 from .analyze import figure_videos
+from .config import available_figures, comparison_runs
 from .data.augment import centre_crop
 from .data.loader import clip_frame_numbers, clip_span
 from .data.shards import DatasetIndex, FrameReader
@@ -70,7 +70,7 @@ def _tsne(config: dict, dataset: str):
         if top is None:
             top = top_classes(test["labels"], min(config["figures"]["tsne_classes"], len(np.unique(test["labels"]))))
         keep = np.isin(test["labels"], top)
-        analysis = json.loads((cfgmod.run_dir(config, run) / "metrics" / f"analysis-{dataset}.json").read_text())
+        analysis = json.loads(_stage_output(cfgmod.run_dir(config, run) / "metrics" / f"analysis-{dataset}.json", "analysis").read_text())
         xy = tsne_2d(test["features"][keep], seed=0)
         panels.append((_run_label(run), xy, test["labels"][keep], analysis["metrics"]["silhouette"]))
     return tsne_figure(panels, classes)
@@ -79,7 +79,7 @@ def _tsne(config: dict, dataset: str):
 def _attention(config: dict, dataset: str):
     cams, frames, names = {}, None, None
     for run in comparison_runs(config, dataset):
-        with h5py.File(cfgmod.run_dir(config, run) / "analysis" / f"attention-{dataset}.h5", "r") as h5:
+        with h5py.File(_stage_output(cfgmod.run_dir(config, run) / "analysis" / f"attention-{dataset}.h5", "analysis"), "r") as h5:
             cams[_run_label(run)] = h5["cams"][()]
             frames = h5["clips"][()].astype(np.float32) / 255
             names = [v.rsplit("/", 1)[-1] for v in h5["video_ids"][()].astype(str)]
@@ -117,6 +117,13 @@ def _bars(config: dict, dataset: str):
             row[m] = float(row[m]) * 100 if row[m] not in ("", None) else None
     labels = {"R@1": "Retrieval R@1 (%)", "probe_top1": "Linear probe top-1 (%)", "det_mAP@0.5": "Detection mAP@0.5 (%)"}
     return bars_figure(rows, metrics, metric_labels=labels)
+
+
+def _stage_output(path: Path, stage: str) -> Path:
+    """`path` if it exists, else a one-line error naming it and the stage that writes it."""
+    if not path.is_file():
+        raise VididiError(f"{path} not found: run the {stage} stage first")
+    return path
 
 
 def _run_label(run: cfgmod.Run) -> str:

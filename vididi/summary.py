@@ -102,11 +102,11 @@ def _fmt(values: list[float], percent: bool) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "-"
-    scale = 100.0 if percent else 1.0
+    scale, digits = (100.0, 1) if percent else (1.0, 3)  # raw scores (silhouette) need 3 decimals
     mean = scale * float(np.mean(values))
     if len(values) > 1:
-        return f"{mean:.1f} ± {scale * float(np.std(values, ddof=1)):.1f}"
-    return f"{mean:.1f}" if percent else f"{mean:.3f}"
+        return f"{mean:.{digits}f} ± {scale * float(np.std(values, ddof=1)):.{digits}f}"
+    return f"{mean:.{digits}f}"
 
 
 def _is_percent(column: str) -> bool:
@@ -123,7 +123,8 @@ def markdown(rows: list[dict], metrics: list[str], baseline: str, dataset: str) 
     for key, members in groups.items():
         cells = [str(k) for k in key] + [str(len(members))]
         cells += [_fmt([m.get(c) for m in members], _is_percent(c)) for c in metrics]
-        cells.append(_fmt([m.get("pretrain_s") for m in members], percent=False).split(".")[0])
+        seconds = [m["pretrain_s"] for m in members if m.get("pretrain_s") is not None]
+        cells.append(f"{np.mean(seconds):.0f}" if seconds else "-")
         lines.append("| " + " | ".join(cells) + " |")
     diffs = []
     for (framework, variant, backbone, eval_dataset), members in groups.items():
@@ -134,8 +135,8 @@ def markdown(rows: list[dict], metrics: list[str], baseline: str, dataset: str) 
         for c in metrics:
             a = [m.get(c) for m in members if m.get(c) is not None]
             b = [m.get(c) for m in base if m.get(c) is not None]
-            scale = 100.0 if _is_percent(c) else 1.0
-            cells.append(f"{scale * (np.mean(a) - np.mean(b)):+.1f}" if a and b else "-")
+            scale, digits = (100.0, 1) if _is_percent(c) else (1.0, 3)
+            cells.append(f"{scale * (np.mean(a) - np.mean(b)):+.{digits}f}" if a and b else "-")
         diffs.append("| " + " | ".join(cells) + " |")
     if diffs:
         lines += ["", f"## Difference to the baseline variant `{baseline}` (means over seeds; points)", "",

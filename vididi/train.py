@@ -31,14 +31,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from . import config as cfgmod
+from .data.augment import apply_colour
 from .data.loader import StepBatches, TrainClips, loader
 from .data.shards import DatasetIndex
-from .data.augment import apply_colour
 from .derivatives import derivative_view
 from .distributed import convert_sync_batchnorm, is_main, world
 from .frameworks import Framework, build_framework

@@ -205,7 +205,6 @@ def measure_stats(index: DatasetIndex, clips: dict, seed: int) -> dict:
     Measured on frames in [0, 1], centred by the mean, at the dataset's clip length and stride
     (METHOD.md: scaling by these constants keeps speed differences between videos).
     """
-    import torch
 
     from ..derivatives import measure_sigma
     from .loader import clip_frame_numbers

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .augment import ClipAugment, centre_crop
 from ..utils import VididiError
+from .augment import ClipAugment, centre_crop
 from .shards import DatasetIndex, FrameReader
 
 

@@ -19,12 +19,16 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 from PIL import Image
 
 from ..utils import VididiError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype()

@@ -1,0 +1,178 @@
+"""`vididi summary` (vididi/summary.py) over hand-written metric files of 2 runs x 2 seeds.
+
+The results tree is written here in the layout the pipeline uses
+(results/<dataset>/runs/<run>/metrics/<stage>-<eval>.json, train_info.json, benchmarks/*.tsv), with
+numbers chosen so that every mean, sample std (ddof=1) and difference below is worked out by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from vididi.summary import write_summary
+from vididi.utils import VididiError
+
+DS = "synthetic"
+SEEDS = (0, 1)
+# (variant, seed) -> stage -> metrics. Other keys of a metric file (e.g. mAP@0.3) are not summary columns.
+METRICS = {
+    ("base", 0): {
+        "retrieval": {"R@1": 0.50, "R@5": 0.70, "R@10": 0.80, "R@20": 0.90, "R@50": 1.0},
+        "probe": {"top1": 0.40, "top5": 0.90},
+        "detection": {"mAP@0.3": 0.9, "mAP@0.5": 0.20, "mAP_mean": 0.10},
+        "analysis": {"silhouette": 0.100, "object_attention": 0.30},
+    },
+    ("base", 1): {
+        "retrieval": {"R@1": 0.60, "R@5": 0.70, "R@10": 0.90, "R@20": 0.90, "R@50": 1.0},
+        "probe": {"top1": 0.50, "top5": 0.94},
+        "detection": {"mAP@0.3": 0.9, "mAP@0.5": 0.30, "mAP_mean": 0.20},
+        "analysis": {"silhouette": 0.140, "object_attention": 0.34},
+    },
+    ("vididi", 0): {
+        "retrieval": {"R@1": 0.70, "R@5": 0.90, "R@10": 0.95, "R@20": 1.0, "R@50": 1.0},
+        "probe": {"top1": 0.60, "top5": 1.00},
+        "detection": {"mAP@0.3": 0.9, "mAP@0.5": 0.35, "mAP_mean": 0.30},
+        "analysis": {"silhouette": 0.200, "object_attention": 0.50},
+    },
+    ("vididi", 1): {
+        "retrieval": {"R@1": 0.80, "R@5": 0.80, "R@10": 0.95, "R@20": 1.0, "R@50": 1.0},
+        "probe": {"top1": 0.64, "top5": 0.98},
+        "detection": {"mAP@0.3": 0.9, "mAP@0.5": 0.45, "mAP_mean": 0.32},
+        "analysis": {"silhouette": 0.260, "object_attention": 0.56},
+    },
+}
+PRETRAIN_BENCHMARK = {("base", 0): 100.4, ("base", 1): 110.6}  # Snakemake benchmark files (base runs only)
+WALL_SECONDS = {("base", 0): 99.0, ("base", 1): 109.0, ("vididi", 0): 120.0, ("vididi", 1): 130.0}  # train_info.json
+EVAL_BENCHMARKS = {("base", 0): {"features": 2.0, "retrieval": 1.5}}  # the other runs: none -> eval_s empty
+
+COLUMNS = ["framework", "variant", "backbone", "seed", "eval_dataset",
+           "R@1", "R@5", "R@10", "R@20", "R@50", "probe_top1", "probe_top5", "det_mAP@0.5", "det_mAP_mean",
+           "silhouette", "object_attention", "steps", "pretrain_s", "eval_s"]  # fmt: skip
+COLUMN_OF = {("retrieval", k): k for k in ("R@1", "R@5", "R@10", "R@20", "R@50")} | {
+    ("probe", "top1"): "probe_top1", ("probe", "top5"): "probe_top5",
+    ("detection", "mAP@0.5"): "det_mAP@0.5", ("detection", "mAP_mean"): "det_mAP_mean",
+    ("analysis", "silhouette"): "silhouette", ("analysis", "object_attention"): "object_attention",
+}  # fmt: skip
+
+# summary.md, worked out by hand: percent columns x100 with 1 decimal, silhouette raw with 3;
+# "mean ± sample std" over the 2 seeds (std of two values = |a - b| / sqrt(2)).
+MD_ROWS = {
+    "base": ["55.0 ± 7.1", "70.0 ± 0.0", "85.0 ± 7.1", "90.0 ± 0.0", "100.0 ± 0.0", "45.0 ± 7.1", "92.0 ± 2.8",
+             "25.0 ± 7.1", "15.0 ± 7.1", "0.120 ± 0.028", "32.0 ± 2.8"],
+    "vididi": ["75.0 ± 7.1", "85.0 ± 7.1", "95.0 ± 0.0", "100.0 ± 0.0", "100.0 ± 0.0", "62.0 ± 2.8", "99.0 ± 1.4",
+               "40.0 ± 7.1", "31.0 ± 1.4", "0.230 ± 0.042", "53.0 ± 4.2"],
+}  # fmt: skip
+MD_PRETRAIN_S = {"base": "106", "vididi": "125"}  # means of 100.4, 110.6 and of 120, 130, rounded to whole seconds
+MD_DIFF = ["+20.0", "+15.0", "+10.0", "+10.0", "+0.0", "+17.0", "+7.0", "+15.0", "+16.0", "+0.110", "+21.0"]
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"vicreg-{variant}-small3d-s{seed}"
+
+
+def write_benchmark(path, seconds: float) -> None:
+    """A Snakemake `benchmark:` file: a header and one row, seconds in column `s`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+                    f"{seconds}\t0:01:40\t700.1\t3700.2\t690.3\t700.4\t0.0\t0.5\t80.0\t{seconds * 0.8}\n")  # fmt: skip
+
+
+@pytest.fixture
+def results(tmp_path):
+    """(config, results dir) with the metric files, train_info.json and benchmarks written by hand."""
+    from conftest import tiny_config
+
+    config = tiny_config(tmp_path, runs=[
+        {"dataset": DS, "framework": "vicreg", "variant": ["base", "vididi"], "backbone": "small3d", "seed": list(SEEDS)}])  # fmt: skip
+    root = tmp_path / "results" / DS / "runs"
+    for (variant, seed), stages in METRICS.items():
+        base = root / run_name(variant, seed)
+        for stage, metrics in stages.items():
+            (base / "metrics").mkdir(parents=True, exist_ok=True)
+            (base / "metrics" / f"{stage}-{DS}.json").write_text(json.dumps({"metrics": metrics, "protocol": {}}))
+        (base / "train_info.json").write_text(json.dumps({"steps": 4, "wall_seconds": WALL_SECONDS[(variant, seed)]}))
+        if (variant, seed) in PRETRAIN_BENCHMARK:
+            write_benchmark(base / "benchmarks" / "pretrain.tsv", PRETRAIN_BENCHMARK[(variant, seed)])
+        for stage, seconds in EVAL_BENCHMARKS.get((variant, seed), {}).items():
+            write_benchmark(base / "benchmarks" / f"{stage}-{DS}.tsv", seconds)
+    return config, tmp_path / "results" / DS
+
+
+def table_rows(markdown: str, first_cell: str) -> list[list[str]]:
+    rows = []
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            rows.append(cells)
+    return rows
+
+
+def test_summary_csv_has_one_row_per_run_and_eval_dataset(results):
+    config, out = results
+    assert write_summary(config, DS) == out / "summary.csv"
+    with (out / "summary.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == COLUMNS
+    assert [(r["variant"], r["seed"]) for r in rows] == [("base", "0"), ("base", "1"), ("vididi", "0"), ("vididi", "1")]
+    for row in rows:
+        key = (row["variant"], int(row["seed"]))
+        assert (row["framework"], row["backbone"], row["eval_dataset"], row["steps"]) == ("vicreg", "small3d", DS, "4")
+        for (stage, metric), column in COLUMN_OF.items():
+            assert float(row[column]) == METRICS[key][stage][metric], (key, column)
+        expected_pretrain = PRETRAIN_BENCHMARK.get(key, WALL_SECONDS[key])  # the benchmark wins when there is one
+        assert float(row["pretrain_s"]) == expected_pretrain
+    assert [r["eval_s"] for r in rows] == ["3.5", "", "", ""]  # features 2.0 + retrieval 1.5; no benchmarks -> empty
+
+
+def test_summary_markdown_mean_std_and_difference_rows(results):
+    config, out = results
+    write_summary(config, DS)
+    md = (out / "summary.md").read_text()
+    header = table_rows(md, "framework")
+    metric_names = COLUMNS[5:16]
+    assert header[0] == ["framework", "variant", "backbone", "eval_dataset", "seeds", *metric_names, "pretrain s"]
+    assert header[1] == ["framework", "backbone", "eval_dataset", "difference", *metric_names]
+    rows = table_rows(md, "vicreg")
+    means = [r for r in rows if r[1] in ("base", "vididi")]
+    assert len(means) == 2
+    for row in means:
+        variant = row[1]
+        assert row[:5] == ["vicreg", variant, "small3d", DS, "2"]
+        assert row[5:-1] == MD_ROWS[variant], variant
+        assert row[-1] == MD_PRETRAIN_S[variant]
+    (diff,) = [r for r in rows if r[1] == "small3d"]
+    assert diff[:4] == ["vicreg", "small3d", DS, "vididi − base"]
+    assert diff[4:] == MD_DIFF
+
+
+def test_summary_with_one_seed_shows_plain_means(tmp_path):
+    from conftest import tiny_config
+
+    config = tiny_config(tmp_path, runs=[{"dataset": DS, "framework": "vicreg", "variant": "base", "backbone": "small3d", "seed": 0}])
+    base = tmp_path / "results" / DS / "runs" / run_name("base", 0)
+    for stage, metrics in METRICS[("base", 0)].items():
+        (base / "metrics").mkdir(parents=True, exist_ok=True)
+        (base / "metrics" / f"{stage}-{DS}.json").write_text(json.dumps({"metrics": metrics}))
+    write_summary(config, DS)
+    md = (tmp_path / "results" / DS / "summary.md").read_text()
+    (row,) = table_rows(md, "vicreg")
+    assert row[4:] == ["1", "50.0", "70.0", "80.0", "90.0", "100.0", "40.0", "90.0", "20.0", "10.0", "0.100", "30.0", "-"]
+    assert "Difference" not in md  # no ViDiDi run to compare with
+    with (tmp_path / "results" / DS / "summary.csv").open(newline="") as f:
+        (csv_row,) = list(csv.DictReader(f))
+    assert csv_row["steps"] == csv_row["pretrain_s"] == csv_row["eval_s"] == ""  # no train_info, no benchmarks
+
+
+def test_missing_metric_file_is_a_one_line_error_naming_it(results):
+    config, out = results
+    missing = out / "runs" / run_name("vididi", 1) / "metrics" / f"probe-{DS}.json"
+    missing.unlink()
+    with pytest.raises(VididiError) as excinfo:
+        write_summary(config, DS)
+    message = str(excinfo.value)
+    assert str(missing) in message and "\n" not in message
+    assert not (out / "summary.csv").exists() and not (out / "summary.md").exists()
