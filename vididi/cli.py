@@ -15,7 +15,7 @@ from .utils import VididiError, get_logger
 
 STAGES: dict[str, tuple[str, list[str]]] = {
     # name: (help, extra arguments)
-    "generate": ("generate the synthetic dataset's videos", ["dataset"]),
+    "generate": ("generate the synthetic dataset's videos", ["dataset", "workers"]),
     "download": ("download and unpack a real dataset (resumable, checksummed)", ["dataset"]),
     "manifest": ("list a dataset's videos and assign them to shards", ["dataset"]),
     "extract": ("decode one shard's videos into an HDF5 shard", ["dataset", "shard"]),
@@ -37,10 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, extra) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--config", action="append", metavar="FILE",
-                       help="config file(s); later ones update earlier ones (default: config.yaml)")  # fmt: skip
+                       help="config file(s); later ones update earlier ones (default: $VIDIDI_CONFIG, which the "
+                            "workflow sets, else config.yaml)")  # fmt: skip
         p.add_argument("--dataset", required=True)
         if "shard" in extra:
             p.add_argument("--shard", type=int, required=True)
+        if "workers" in extra:
+            p.add_argument("--workers", type=int, help="parallel processes (default: the config's threads)")
         if "run" in extra:
             # --run-name: torchrun's own parser rejects `--run` anywhere on its command line (an
             # ambiguous abbreviation of its --run-path), so the DDP launch passes --run-name
@@ -59,12 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .config import load_config
 
-        config = load_config(args.config or ["config.yaml"])
+        config_files = args.config or [os.environ.get("VIDIDI_CONFIG") or "config.yaml"]
+        config = load_config(config_files)
         # before torch / scikit-learn load: their OpenMP pools default to every core, which thrashes
         # when Snakemake runs jobs side by side (Snakemake sets this itself to the rule's threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(config["threads"]))
         if args.dataset not in config["datasets"]:
             raise VididiError(f"dataset {args.dataset!r} is not in the config (datasets: {', '.join(config['datasets'])})")
+        log.info("vididi %s: config %s", args.stage, " + ".join(map(str, config_files)))
         _dispatch(args, config)
     except VididiError as exc:
         print(f"vididi {args.stage}: error: {exc}", file=sys.stderr)
@@ -85,7 +90,7 @@ def _dispatch(args: argparse.Namespace, config: dict) -> None:
         ds = config["datasets"][dataset]
         if ds["source"] != "synthetic":
             raise VididiError(f"dataset {dataset} is not synthetic (source: {ds['source']}); use `vididi download`")
-        generate(raw_dir(config, dataset), ds["synthetic"], seed=ds["seed"], workers=config["threads"])
+        generate(raw_dir(config, dataset), ds["synthetic"], seed=ds["seed"], workers=args.workers or config["threads"])
     elif stage == "download":
         from .data.extract import download
 

@@ -24,13 +24,15 @@ DATA = Path(config["data_dir"])
 RESULTS = Path(config["results_dir"])
 RUNS = vc.expand_runs(config)
 
-# All jobs hand the CLI this file, the validated config of this invocation (config.yaml plus any
-# --configfile / --config overrides), rewritten only when it changes.
+# All jobs read this file, the validated config of this invocation (config.yaml plus any
+# --configfile / --config overrides), rewritten only when it changes. The CLI finds it through
+# $VIDIDI_CONFIG, inherited by every job: were its path (which depends on results_dir) on the command
+# lines, another results_dir would change the data rules' params and re-run the shared data stage.
 CONFIG_FILE = RESULTS / "config.resolved.yaml"
 _text = json.dumps(config, indent=1, sort_keys=True) + "\n"
 if not CONFIG_FILE.is_file() or CONFIG_FILE.read_text() != _text:
     write_text(CONFIG_FILE, _text)
-VIDIDI = f"vididi {{stage}} --config {CONFIG_FILE}"
+os.environ.update(VIDIDI_CONFIG=str(CONFIG_FILE))
 
 
 def names_of(*sources):
@@ -40,8 +42,8 @@ def names_of(*sources):
 
 
 def vididi(stage):
-    """The shell prefix of a stage: `vididi <stage> --config results/config.resolved.yaml`."""
-    return VIDIDI.format(stage=stage)
+    """The shell prefix of a stage; it reads $VIDIDI_CONFIG."""
+    return f"vididi {stage}"
 
 
 def raw_hash(dataset):
@@ -105,7 +107,7 @@ def pretrain_launcher(wildcards):
     """`vididi pretrain`, or torchrun with one process per GPU when a run asks for several."""
     gpus = config["pretrain"]["gpus"]
     if gpus > 1:
-        return f"torchrun --standalone --nproc_per_node {gpus} -m vididi.cli pretrain --config {CONFIG_FILE}"
+        return f"torchrun --standalone --nproc_per_node {gpus} -m vididi.cli pretrain"
     return vididi("pretrain")
 
 

@@ -18,9 +18,10 @@ rule generate:
     params:
         cmd=vididi("generate"),
         settings=lambda w: raw_hash(w.dataset),
-    threads: config["threads"]
+    # usually the first job, alone: rendering in 4 processes (Snakemake lowers this to --cores)
+    threads: max(config["threads"], 4)
     shell:
-        "{params.cmd} --dataset {wildcards.dataset} > {log} 2>&1"
+        "{params.cmd} --dataset {wildcards.dataset} --workers {threads} > {log} 2>&1"
 
 
 checkpoint manifest:
