@@ -192,7 +192,7 @@ EXPECTED_PIXELS = {
     "tsne": (200 * (3.0 * 2 + 1.5), 200 * 3.25),  # 2 panels
     "attention": (200 * (0.75 * 4 + 1.0), 200 * (0.75 * 2 * (1 + 2) + 0.5)),  # 2 videos x (frames + 2 models)
     "curves": (200 * (3.0 * 1 + 1.5), 200 * 2.5),  # 1 framework
-    "bars": (200 * 3 * (0.75 * 1 + 0.75), 200 * 2.75),  # R@1, probe top-1, detection mAP@0.5
+    "bars": (200 * 3 * 2.0, 200 * 2.75),  # R@1, probe, detection mAP; one framework: 2-inch panels
 }
 
 

@@ -115,7 +115,7 @@ def _bars(config: dict, dataset: str):
     for row in rows:
         for m in metrics:
             row[m] = float(row[m]) * 100 if row[m] not in ("", None) else None
-    labels = {"R@1": "Retrieval R@1 (%)", "probe_top1": "Linear probe top-1 (%)", "det_mAP@0.5": "Detection mAP@0.5 (%)"}
+    labels = {"R@1": "Retrieval R@1 (%)", "probe_top1": "Linear probe top-1 (%)", "det_mAP@0.5": "Detection mAP@.5 (%)"}
     return bars_figure(rows, metrics, metric_labels=labels)
 
 

@@ -430,7 +430,7 @@ def bars_figure(
     error bar is their sample standard deviation (ddof=1), drawn only when there are >= 2 values.
     A group where no run has a metric shows "n/a"; a group where only some runs have it is an error
     (a failed seed must not silently shrink the average). `annotate` writes each mean above its bar.
-    Size: width = metrics * (0.75 * frameworks + 0.75) in, height = 2.75 in.
+    Size: width = metrics * max(2, 0.75 * frameworks + 0.75) in (room for the titles), height = 2.75 in.
     """
     rows = list(rows)
     if not rows:
@@ -447,7 +447,7 @@ def bars_figure(
     width = 0.8 / len(variants)
 
     with use_style():
-        fig = _new_figure(len(metrics) * (0.75 * len(frameworks) + 0.75), 2.75)
+        fig = _new_figure(len(metrics) * max(2.0, 0.75 * len(frameworks) + 0.75), 2.75)
         axes = fig.subplots(1, len(metrics), squeeze=False)[0]
         for ax, metric in zip(axes, metrics):
             top = 0.0
@@ -473,7 +473,7 @@ def bars_figure(
                         yerr=std if len(present) > 1 else None, capsize=2, error_kw={"linewidth": 0.8},
                     )
                     if annotate:
-                        ax.text(xpos, mean + std, f" {mean:.3f}", ha="center", va="bottom", fontsize=6, rotation=90)
+                        ax.text(xpos, mean + std, f" {mean:.3g}", ha="center", va="bottom", fontsize=6, rotation=90)
                     top = max(top, mean + std)
             ax.set_xticks(range(len(frameworks)), [_label(f, FRAMEWORK_LABELS) for f in frameworks])
             ax.set_xlim(-0.6, len(frameworks) - 0.4)
