@@ -42,9 +42,11 @@ def main() -> int:
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--seconds", type=float, default=120.0, help="training wall-clock budget")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch CPU threads (default: every core; the check runs alone, unlike pipeline jobs)")  # fmt: skip
     args = parser.parse_args()
     config = cfgmod.load_config(args.config or ["config.yaml"])
-    torch.set_num_threads(config["threads"])
+    torch.set_num_threads(args.threads)
     index = DatasetIndex.for_dataset(config, args.dataset)
     run = cfgmod.Run(args.dataset, "supervised", "base", "small3d", args.seed, (args.dataset,))
     settings = cfgmod.pretrain_settings(config, run)
@@ -86,7 +88,7 @@ def main() -> int:
     chance = 1 / len(index.classes)
     print(f"supervised check: small3d on {args.dataset} split {index.split}, {len(train)} train / {len(test)} test videos, "
           f"{len(index.classes)} classes (chance {100 * chance:.1f}%)")  # fmt: skip
-    print(f"  {steps} steps of batch {pre['batch_size']} in {train_seconds:.0f} s on {config['threads']} threads; "
+    print(f"  {steps} steps of batch {pre['batch_size']} in {train_seconds:.0f} s on {args.threads} threads; "
           f"train accuracy (last 20 steps) {100 * float(np.mean(accuracy[-20:])):.1f}%")  # fmt: skip
     print(f"  test top-1 {100 * top1:.1f}%   target >= {100 * TARGET:.0f}%   {'PASS' if top1 >= TARGET else 'MISS'}")
     return 0
