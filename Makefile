@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test install system-packages
+.PHONY: run test install system-packages docs
 
 run: $(STAMP)
 	snakemake --cores all
@@ -33,3 +33,15 @@ $(STAMP): pyproject.toml constraints.txt | system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
+
+# Refresh the README's committed figures and tables from the latest runs (after `make run` and/or the
+# synthetic-full config); only the PNGs the README shows and the summary tables are copied.
+docs:
+	@set -e; for pair in default:results/synthetic full:results/full/synthetic; do \
+	  name=$${pair%%:*}; src=$${pair#*:}; \
+	  if [ -f "$$src/summary.md" ]; then \
+	    mkdir -p docs/figures/$$name; cp "$$src/summary.md" docs/figures/$$name/; \
+	    for f in $$(ls docs/figures/$$name/*.png 2>/dev/null | xargs -n1 basename 2>/dev/null); do cp "$$src/figures/$$f" docs/figures/$$name/; done; \
+	    echo "docs/figures/$$name <- $$src"; \
+	  fi; \
+	done
