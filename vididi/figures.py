@@ -107,9 +107,7 @@ def _curves(config: dict, dataset: str):
 
 
 def _bars(config: dict, dataset: str):
-    path = Path(config["results_dir"]) / dataset / "summary.csv"
-    if not path.is_file():
-        raise VididiError(f"{path} not found: run the summary stage first")
+    path = _stage_output(Path(config["results_dir"]) / dataset / "summary.csv", "summary")
     rows = [dict(r) for r in csv.DictReader(path.open()) if r["eval_dataset"] == dataset]
     metrics = [m for m in ("R@1", "probe_top1", "det_mAP@0.5") if rows and rows[0].get(m) not in (None, "")]
     for row in rows:

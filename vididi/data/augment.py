@@ -4,7 +4,7 @@ Random resized crop, horizontal flip, colour jitter (p=0.8) and random grayscale
 METHOD.md. Colour jitter is ONE affine colour map per clip: brightness, contrast, saturation and hue
 are each affine in RGB, so their random-order composition (and grayscale) is a 3x3 matrix plus an
 offset. The loader draws it and crops / flips the uint8 frames; the training step applies the map on
-the device with a single einsum (so the loader keeps up with training on 2 CPU cores).
+the device (`apply_colour`), so the loader keeps up with training on 2 CPU cores.
 Two documented differences from torchvision's ColorJitter: hue is a rotation about the grey axis in
 YIQ space (not an HSV shift), and values are clamped to [0, 1] once at the end, not after every step.
 Contrast blends towards the mean grey level of the whole clip, so every frame gets the same map.

@@ -14,6 +14,7 @@ with its reason; the index stage fails only when more than `max_bad_fraction` of
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -184,8 +185,9 @@ def build_index(config: dict, dataset: str) -> Path:
         "stats": None,
     }
     write_json(folder / "dataset.json", info)  # stats need the index to read clips
-    splits = DatasetIndex.load(folder).split_names()
-    info["stats"] = {split: measure_stats(DatasetIndex.load(folder, split), ds["clips"], seed=ds["seed"]) for split in splits}
+    index = DatasetIndex.load(folder)
+    info["stats"] = {split: measure_stats(dataclasses.replace(index, split=split), ds["clips"], seed=ds["seed"])
+                     for split in index.split_names()}  # fmt: skip
     write_json(folder / "dataset.json", info)
     log.info("%s: indexed %d videos (%d bad); stats %s", dataset, len(rows), len(bad), info["stats"])
     return folder / "index.tsv"
