@@ -373,6 +373,41 @@ def test_folder_with_ucf_style_split_files(tmp_path):
     assert same == listing
 
 
+def test_folder_honours_its_class_index(tmp_path):
+    # a user's UCF-style folder whose labels are not the alphabetical order of the class names
+    touch(tmp_path, "UniformLinear/a.mp4", "UniformLinear/b.mp4", "Bouncing/c.mp4", "Bouncing/d.mp4", "Zig Zag/e.mp4")
+    write(tmp_path / "lists/classInd.txt", "1 UniformLinear\n2 Zig Zag\n3 Bouncing\n")
+    write(tmp_path / "lists/trainlist01.txt", "UniformLinear/a.mp4 1\nBouncing/c.mp4 3\nZig Zag/e.mp4 2\n")
+    write(tmp_path / "lists/testlist01.txt", "UniformLinear/b.mp4\nBouncing/d.mp4\n")
+    listing = list_folder(tmp_path, split_files="lists")
+    assert listing.classes == ["UniformLinear", "Zig Zag", "Bouncing"]  # labels and report order follow the index
+    assert {v.video_id: v.label for v in listing.videos} == {
+        "UniformLinear/a": 0, "UniformLinear/b": 0, "Zig Zag/e": 1, "Bouncing/c": 2, "Bouncing/d": 2}
+    same = list_folder(tmp_path, split_files=["lists/trainlist01.txt", "lists/testlist01.txt"])
+    assert same == listing
+
+    # without split files, a classInd.txt in the root gives the labels of the random split
+    write(tmp_path / "classInd.txt", "1 Zig Zag\n2 UniformLinear\n3 Bouncing\n")
+    random_split = list_folder(tmp_path)
+    assert random_split.classes == ["Zig Zag", "UniformLinear", "Bouncing"]
+    assert {v.video_id: v.label for v in random_split.videos}["UniformLinear/a"] == 1
+
+    # real inconsistencies name the file and line
+    write(tmp_path / "lists/trainlist01.txt", "UniformLinear/a.mp4 1\nBouncing/c.mp4 2\n")
+    with pytest.raises(VididiError, match=r"trainlist01.txt:2: label 2 is 'Zig Zag' in .*classInd.txt, but the video is in folder 'Bouncing'"):
+        list_folder(tmp_path, split_files="lists")
+    write(tmp_path / "lists/trainlist01.txt", "UniformLinear/a.mp4 7\n")
+    with pytest.raises(VididiError, match=r"trainlist01.txt:1: label 7 is not a class of .*classInd.txt \(1..3\)"):
+        list_folder(tmp_path, split_files="lists")
+    write(tmp_path / "lists/trainlist01.txt", "UniformLinear/a.mp4 1\n")
+    touch(tmp_path, "Spinning/f.mp4")
+    with pytest.raises(VididiError, match=r"video folder 'Spinning' under .* is not a class of .*lists/classInd.txt"):
+        list_folder(tmp_path, split_files="lists")
+    write(tmp_path / "lists/classInd.txt", "1 UniformLinear\n2 Zig Zag\n3 Bouncing\n4 Spinning\n5 Bouncing\n")
+    with pytest.raises(VididiError, match=r"classInd.txt:5: class 'Bouncing' is already listed on line 3"):
+        list_folder(tmp_path, split_files="lists")
+
+
 def test_dispatcher_rejects_unknown_source_and_option(tmp_path):
     touch(tmp_path, "a/x.mp4")
     with pytest.raises(VididiError, match="unknown dataset source 'ucf202'"):

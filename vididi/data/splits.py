@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import itertools
 import posixpath
 import random
 import re
@@ -159,21 +160,35 @@ def _files(folder: Path) -> list[Path]:
 
 
 def read_class_index(path: str | Path) -> list[str]:
-    """classInd.txt (`<1-based index> <name>` per line) -> class names in index order."""
+    """classInd.txt (`<1-based index> <name>` per line; names may hold spaces) -> class names in index order."""
     path = Path(path)
     by_index: dict[int, str] = {}
+    line_of: dict[str, int] = {}
     for n, line in _read_lines(path):
-        fields = line.split()
+        fields = line.split(None, 1)
         if len(fields) != 2 or not fields[0].isdigit():
             raise VididiError(f"{path}:{n}: expected '<index> <class name>', got {line!r}")
-        by_index[int(fields[0])] = fields[1]
+        index, name = int(fields[0]), fields[1].strip()
+        if index in by_index:
+            raise VididiError(f"{path}:{n}: index {index} is given twice")
+        if name in line_of:
+            raise VididiError(f"{path}:{n}: class '{name}' is already listed on line {line_of[name]}")
+        by_index[index], line_of[name] = name, n
     if sorted(by_index) != list(range(1, len(by_index) + 1)):
         raise VididiError(f"{path}: class indices must be 1..{len(by_index)} without gaps")
     return [by_index[i] for i in range(1, len(by_index) + 1)]
 
 
+def _class_list(folders: dict[str, list[Path]], index_file: Path | None) -> tuple[list[str], str]:
+    """(class names in label order, where they come from): classInd.txt when there is one, else the
+    sorted class folders."""
+    if index_file is not None and index_file.is_file():
+        return read_class_index(index_file), str(index_file)
+    return sorted(folders), "the sorted class folders (no classInd.txt)"
+
+
 def _read_ucf_split_lists(
-    list_files: Sequence[Path], classes: list[str]
+    list_files: Sequence[Path], classes: list[str], class_source: str
 ) -> tuple[dict[str, dict[str, str]], dict[str, tuple[str, str]]]:
     """UCF-style lists -> ({video_id: {split: train|test}}, {video_id: (listed path, first "file:line")}).
 
@@ -195,9 +210,11 @@ def _read_ucf_split_lists(
             if code is not None:
                 folder = rel.split("/", 1)[0]
                 label = int(code) - 1
-                if not (0 <= label < len(classes)) or classes[label] != folder:
+                if not 0 <= label < len(classes):
+                    raise VididiError(f"{list_file}:{n}: label {code} is not a class of {class_source} (1..{len(classes)})")
+                if classes[label] != folder:
                     raise VididiError(
-                        f"{list_file}:{n}: label {code} does not match class folder '{folder}' under the class index"
+                        f"{list_file}:{n}: label {code} is '{classes[label]}' in {class_source}, but the video is in folder '{folder}'"
                     )
             previous = splits.setdefault(vid, {}).get(split)
             if previous is not None and previous != subset:
@@ -208,13 +225,13 @@ def _read_ucf_split_lists(
 
 
 def _trimmed_entries(
-    root: Path, folders: dict[str, list[Path]], classes: list[str], splits: dict[str, dict[str, str]]
+    root: Path, folders: dict[str, list[Path]], classes: list[str], class_source: str, splits: dict[str, dict[str, str]]
 ) -> list[VideoEntry]:
     class_index = {name: i for i, name in enumerate(classes)}
     entries = []
     for folder, files in folders.items():
         if folder not in class_index:
-            raise VididiError(f"video folder '{folder}' under {root} is not a class of the class index")
+            raise VididiError(f"video folder '{folder}' under {root} is not a class of {class_source}")
         for vid, rel in _index_by_id(root, files).items():
             entries.append(VideoEntry(vid, rel, class_index[folder], dict(splits.get(vid, {}))))
     return entries
@@ -237,13 +254,10 @@ def list_ucf101_layout(root: str | Path) -> DatasetListing:
     root = _require_dir(root, "UCF101 root")
     folders = _class_folders(root, exclude={"untrimmed"})
     list_dir = _find_ucf_list_dir(root)
-    if list_dir is not None and (list_dir / "classInd.txt").is_file():
-        classes = read_class_index(list_dir / "classInd.txt")
-    else:
-        classes = sorted(folders)
+    classes, class_source = _class_list(folders, list_dir / "classInd.txt" if list_dir else None)
     list_files = [p for p in _files(list_dir) if _UCF_LIST.match(p.name)] if list_dir else []
-    splits, named_in = _read_ucf_split_lists(list_files, classes)
-    videos = _trimmed_entries(root, folders, classes, splits)
+    splits, named_in = _read_ucf_split_lists(list_files, classes, class_source)
+    videos = _trimmed_entries(root, folders, classes, class_source, splits)
     missing = _missing_from_lists({v.video_id for v in videos}, named_in)
     segments: list[Segment] = []
     if (root / "untrimmed").is_dir():
@@ -291,7 +305,7 @@ def list_hmdb51(root: str | Path, splits_dir: str | Path | None = None) -> Datas
             splits.setdefault(vid, {})
             if subset is not None:
                 splits[vid][split] = subset
-    videos = _trimmed_entries(root, folders, classes, splits)
+    videos = _trimmed_entries(root, folders, classes, "the HMDB51 class folders", splits)
     missing = _missing_from_lists({v.video_id for v in videos}, named_in)
     return _sorted_listing(classes, videos, [], missing)
 
@@ -566,10 +580,12 @@ def list_folder(
     seed: int = 0,
     train_fraction: float = 0.7,
 ) -> DatasetListing:
-    """Any `<class>/<video>` tree (videos at any depth inside the class folder); classes = sorted folders.
+    """Any `<class>/<video>` tree (videos at any depth inside the class folder).
 
+    Classes (and so labels, and the order of classes in reports) follow a UCF-style `classInd.txt`
+    when there is one: beside the split files, else in `root`; without it, the sorted folder names.
     `split_files`: a folder holding UCF-style `trainlistNN.txt`/`testlistNN.txt`, or a list of such files
-    (entries `<class>/<path>` relative to root). Without them split "1" is a per-class random split: the
+    (entries `<class>/<path>` relative to root, train lines optionally with a 1-based label). Without them split "1" is a per-class random split: the
     class's video ids, sorted, are shuffled by `random.Random(f"{seed}:{class}")` (string seeds are stable
     across Python runs) and the first round(train_fraction * n) are train, the rest test; a class with at
     least 2 videos keeps at least one video on each side.
@@ -580,8 +596,8 @@ def list_folder(
     folders = _class_folders(root)
     if not folders:
         raise VididiError(f"no videos found in class folders under {root} (extensions {sorted(VIDEO_EXTENSIONS)})")
-    classes = sorted(folders)
     missing: list[Missing] = []
+    files: list[Path] = []
     if split_files is not None:
         if isinstance(split_files, (str, Path)):
             list_dir = _require_dir(root / split_files, "split_files folder")
@@ -593,20 +609,25 @@ def list_folder(
             absent = [str(p) for p in files if not p.is_file()]
             if absent:
                 raise VididiError(f"split files not found: {absent}")
-        splits, named_in = _read_ucf_split_lists(files, classes)
-        videos = _trimmed_entries(root, folders, classes, splits)
+    beside_lists = [f.parent / "classInd.txt" for f in files if (f.parent / "classInd.txt").is_file()]
+    classes, class_source = _class_list(folders, (beside_lists or [root / "classInd.txt"])[0])
+    if files:
+        splits, named_in = _read_ucf_split_lists(files, classes, class_source)
+        videos = _trimmed_entries(root, folders, classes, class_source, splits)
         missing = _missing_from_lists({v.video_id for v in videos}, named_in)
     else:
         videos = []
-        for label, cls in enumerate(classes):
-            ids = _index_by_id(root, folders[cls])
-            order = sorted(ids)
-            random.Random(f"{seed}:{cls}").shuffle(order)
+        for label, entries in itertools.groupby(
+            sorted(_trimmed_entries(root, folders, classes, class_source, {}), key=lambda e: (e.label, e.video_id)),
+            key=lambda e: e.label,
+        ):
+            order = list(entries)
+            random.Random(f"{seed}:{classes[label]}").shuffle(order)
             n_train = round(train_fraction * len(order))
             if len(order) >= 2:
                 n_train = min(max(n_train, 1), len(order) - 1)
-            for i, vid in enumerate(order):
-                videos.append(VideoEntry(vid, ids[vid], label, {"1": TRAIN if i < n_train else TEST}))
+            for i, e in enumerate(order):
+                videos.append(VideoEntry(e.video_id, e.path, label, {"1": TRAIN if i < n_train else TEST}))
     return _sorted_listing(classes, videos, [], missing)
 
 
