@@ -23,10 +23,10 @@ install: $(STAMP)
 system-packages:
 	@if command -v ffmpeg >/dev/null && command -v bsdtar >/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing ffmpeg and bsdtar (apt-get) ..."; log=$$(mktemp); \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y -q --no-install-recommends ffmpeg libarchive-tools >/dev/null \
-	  || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends ffmpeg libarchive-tools >/dev/null; } \
-	  || echo "note: apt-get failed; using imageio-ffmpeg's ffmpeg"; \
+	  if { apt-get update -q && apt-get install -y -q --no-install-recommends ffmpeg libarchive-tools; } >"$$log" 2>&1; \
+	  then rm -f "$$log"; else echo "note: apt-get failed (its output: $$log); using imageio-ffmpeg's ffmpeg"; fi; \
 	else echo "note: not root: using imageio-ffmpeg's ffmpeg; RAR archives need bsdtar (libarchive-tools)"; fi
 
 $(STAMP): pyproject.toml constraints.txt | system-packages
