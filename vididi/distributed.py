@@ -112,7 +112,8 @@ class GlobalBatchNorm(_BatchNorm):
     def from_batchnorm(cls, bn: _BatchNorm) -> GlobalBatchNorm:
         """A GlobalBatchNorm with `bn`'s settings, parameters and buffers (training flag included)."""
         new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
-        new.to(device=_module_device(bn))
+        floats = [t for t in (*bn.parameters(), *bn.buffers()) if t.is_floating_point()]
+        new.to(device=_module_device(bn), dtype=floats[0].dtype if floats else None)  # a float64 model stays float64
         with torch.no_grad():
             if bn.affine:
                 new.weight.copy_(bn.weight)
