@@ -12,6 +12,8 @@ import yaml
 
 from vididi.config import ConfigError, Run, expand_runs, load_config, resolve
 
+REPO_CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
+
 BAD_CONFIGS = {  # id: (config, key path the message must name, what the message must offer)
     "unknown top-level key": ({"foo": 1}, "(top level)", ["unknown key 'foo'", "allowed:", "pretrain", "datasets"]),
     "unknown nested key": (
@@ -239,3 +241,42 @@ def test_cli_unknown_dataset_and_missing_config(tmp_path):
                           cwd=empty, env=cli_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.splitlines() == ["vididi manifest: error: config file config.yaml not found"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Overrides from the command line: Snakemake's --config and `vididi <stage> --set` type by the schema
+
+
+def test_command_line_strings_take_the_schema_types():
+    # what `snakemake --config pretrain='{steps: 1000, ...}'` hands over: every nested value a string
+    config = resolve({
+        "pretrain": {"steps": "1000", "lr": "0.01", "channels_last": "false", "grad_clip": "null"},
+        "augment": {"crop_scale": "[0.5, 1.0]"},
+        "runs": [{"dataset": "synthetic", "framework": "vicreg", "seed": "[1, 2]"}],
+        "data_dir": "123",  # a string where the schema wants one stays a string
+    })  # fmt: skip
+    pre = config["pretrain"]
+    assert (pre["steps"], pre["lr"], pre["channels_last"], pre["grad_clip"]) == (1000, 0.01, False, None)
+    assert config["augment"]["crop_scale"] == [0.5, 1.0]
+    assert config["runs"][0]["seed"] == [1, 2] and config["data_dir"] == "123"
+    with pytest.raises(ConfigError, match=r"^config: pretrain.steps: 'ten' is not of type 'integer'$"):
+        resolve({"pretrain": {"steps": "ten"}})
+
+
+def test_set_overrides_dotted_keys_and_yaml_mappings(tmp_path):
+    from vididi.config import parse_overrides
+
+    assert parse_overrides(["pretrain.steps=1000", "pretrain={lr: 0.1}", "threads=1"]) == {
+        "pretrain": {"steps": "1000", "lr": "0.1"}, "threads": "1"}  # fmt: skip
+    config = load_config([REPO_CONFIG], overrides=parse_overrides(["pretrain.steps=1000", "augment={crop_scale: [0.5, 1]}"]))
+    assert config["pretrain"]["steps"] == 1000 and config["augment"]["crop_scale"] == [0.5, 1]
+    assert config["pretrain"]["batch_size"] == 32  # the rest of config.yaml's pretrain section is kept
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_overrides(["pretrain.steps"])
+
+    # the CLI: a bad override stops with one line naming the key
+    done = subprocess.run([sys.executable, "-m", "vididi.cli", "manifest", "--config", str(REPO_CONFIG), "--dataset",
+                           "synthetic", "--set", "pretrain.steps=0"],
+                          cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["vididi manifest: error: config: pretrain.steps: 0 is less than the minimum of 1"]

@@ -355,7 +355,7 @@ def test_paper_config_dry_run_builds_the_whole_dag(name, dry_runs):
     gpus = paper["pretrain"]["gpus"]
     assert len(pretrain) == counts["pretrain"]
     # one process per GPU of the node
-    assert all(cmd.startswith(f"torchrun --standalone --nproc_per_node {gpus} ") for _, cmd in pretrain), pretrain[0]
+    assert all(f"-m torch.distributed.run --standalone --nproc_per_node {gpus} " in cmd for _, cmd in pretrain), pretrain[0]
     if name == "paper-ucf101":  # planned under the SLURM profile: one sbatch job holding all GPUs in one task
         assert all(res["gpu"] == str(gpus) and res["tasks_per_gpu"] == "0" for res, _ in pretrain), pretrain[0][0]
         assert all(res.get("gpu") == "1" for rule, res, _ in jobs if rule in ("features", "analysis"))
@@ -451,3 +451,31 @@ def test_folder_dataset_through_manifest_extract_index(tmp_path):
         found = np.array([bright_centre(frame) for frame in stored])
         assert np.abs(found - truth[video_id]).max() < 0.5, (video_id, found, truth[video_id])
     reader.close()
+
+
+def test_make_installs_system_packages_quietly(tmp_path):
+    """`make run` on a fresh root machine: apt-get's lists are stale, so installing before `apt-get update`
+    fails loudly ("E: Unable to correct problems ..."). The Makefile must update first and print only
+    what the user needs. A fake apt-get stands in for the real one; no ffmpeg/bsdtar on this PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "apt-calls"
+    (bin_dir / "apt-get").write_text(
+        "#!/bin/bash\n"
+        f'echo "$1" >> {calls}\n'
+        f'if [ "$1" = install ] && ! grep -qx update {calls}; then\n'
+        '  echo "E: Unable to correct problems, you have held broken packages." >&2; exit 100\n'
+        "fi\n"
+        'echo "Reading package lists..."; echo "debconf: delaying package configuration" >&2\n'
+    )
+    (bin_dir / "id").write_text("#!/bin/bash\necho 0\n")
+    for tool in ("mktemp", "rm", "grep"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    for script in ("apt-get", "id"):
+        (bin_dir / script).chmod(0o755)
+    make = shutil.which("make")
+    done = subprocess.run([make, "--no-print-directory", "-C", str(REPO), "system-packages"],
+                          env={"PATH": str(bin_dir), "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().split() == ["update", "install"]
+    assert (done.stdout + done.stderr).splitlines() == ["installing ffmpeg and bsdtar (apt-get) ..."]

@@ -293,8 +293,10 @@ def corrupted(tiny_data, tmp_path_factory):
         folder = run_data_stage(strict, index=False)
         with pytest.raises(VididiError) as failure:
             build_index(strict, DS)
+        named = Path(str(failure.value).rsplit("see ", 1)[-1])  # the report the message points at
         after_failure = {
-            "bad_tsv": (folder / "bad_videos.tsv").read_text() if (folder / "bad_videos.tsv").exists() else None,
+            "bad_tsv": named.read_text() if named.is_file() else None,
+            "named": named,
             "index_exists": (folder / "index.tsv").exists(),
         }
         lenient = over_tiny_videos(tiny_data, workdir, root=root, max_bad_fraction=0.25)
@@ -368,6 +370,8 @@ def test_too_many_bad_videos_fail_with_one_clear_line(corrupted):
     assert "6 of 28" in message and "max_bad_fraction=0.05" in message and "bad_videos.tsv" in message
     after = corrupted["after_failure"]
     assert after["bad_tsv"] is not None and len(after["bad_tsv"].splitlines()) == 1 + len(CORRUPTED)
+    # Snakemake deletes a failed job's outputs: the report named must not be one (it sits with the logs)
+    assert after["named"].parent.name == DS and after["named"].parent.parent.name == "logs"
     assert not after["index_exists"]  # no index that looks usable
 
 

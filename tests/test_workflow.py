@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, job_counts, snakemake
+from conftest import BIN, REPO, job_counts, snakemake
 from vididi.config import load_config
 
 MICRO = {  # 10 videos in 2 shards: the smallest dataset that still has train/test, untrimmed videos and >1 shard
@@ -49,7 +51,7 @@ def test_dry_run_on_the_default_config(tmp_path):
     assert counts.get("pretrain") == 2, counts  # the config's two runs
     # every rule is a thin call of the CLI, which reads the validated config of this invocation
     # through $VIDIDI_CONFIG (never named on the command line: see common.smk)
-    stages = set(re.findall(r"\bvididi (\w+) --dataset", output))
+    stages = set(re.findall(r"-m vididi.cli (\w+) --dataset", output))
     assert {"generate", "manifest", "index", "pretrain"} <= stages, stages
     resolved = json.loads((tmp_path / "results" / "config.resolved.yaml").read_text())
     assert resolved == load_config([REPO / "config.yaml"])
@@ -97,7 +99,10 @@ def test_wrong_value_on_the_command_line_is_caught_too(tmp_path):
 @pytest.mark.slow
 def test_real_run_of_the_data_stage(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(MICRO))
-    done = snakemake(tmp_path, "--cores", "2", *DATA_TARGETS, timeout=600)
+    # the venv's snakemake called by path, its bin/ NOT on PATH (no `source .venv/bin/activate`): the
+    # rules must still find the project's CLI
+    bare_path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != BIN)
+    done = snakemake(tmp_path, "--cores", "2", *DATA_TARGETS, timeout=600, extra_env={"PATH": bare_path})
     assert done.returncode == 0, done.stderr[-4000:]
     shards = tmp_path / "data" / "shards" / "synthetic"
     assert sorted(p.name for p in shards.glob("shard-*.h5")) == ["shard-00000.h5", "shard-00001.h5"]
@@ -127,3 +132,31 @@ def test_real_run_of_the_data_stage(tmp_path):
     planned = job_counts(changed.stdout + changed.stderr)
     assert planned.get("manifest") == 1, planned
     assert "generate" not in planned, f"a jpeg_quality change regenerates the raw videos: {planned}"
+
+    # a user folder with too many broken videos: the index job fails, and the list of bad videos that
+    # its message names is still there to read afterwards (Snakemake deletes a failed job's outputs)
+    folder = tmp_path / "mine"
+    shutil.copytree(tmp_path / "data" / "raw" / "synthetic", folder, ignore=shutil.ignore_patterns("untrimmed"))
+    broken = sorted(folder.glob("*/*.mp4"))[:3]
+    for path in broken:
+        path.write_bytes(b"")
+    mine = {"datasets": {"mine": {"source": "folder", "root": str(folder), "extract": {"short_side": 32, "shard_size": 5}}}}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(mine))
+    targets = [f"data/shards/mine/{name}" for name in ("index.tsv", "dataset.json", "bad_videos.tsv")]
+    failed = snakemake(tmp_path, "--cores", "2", *targets, "--configfile", "config.yaml", "mine.yaml", timeout=600)
+    assert failed.returncode != 0
+    log = (tmp_path / "data" / "logs" / "mine" / "index.log").read_text()
+    message = next(line for line in log.splitlines() if "max_bad_fraction" in line)
+    assert f"3 of {len(list(folder.glob('*/*.mp4')))} videos" in message
+    report = Path(message.rsplit("see ", 1)[-1])
+    report = report if report.is_absolute() else tmp_path / report
+    assert sorted(line.split("\t")[1] for line in report.read_text().splitlines()[1:]) == sorted(
+        p.relative_to(folder).as_posix() for p in broken)
+
+
+def test_nested_override_on_the_command_line_takes_the_schema_type(tmp_path):
+    # Snakemake hands nested --config values over as strings ({"steps": "1000"})
+    done = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"), "--config", "pretrain={steps: 1000}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    resolved = json.loads((tmp_path / "results" / "config.resolved.yaml").read_text())
+    assert resolved["pretrain"]["steps"] == 1000 and resolved["pretrain"]["batch_size"] == 32

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", action="append", metavar="FILE",
                        help="config file(s); later ones update earlier ones (default: $VIDIDI_CONFIG, which the "
                             "workflow sets, else config.yaml)")  # fmt: skip
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set pretrain.steps=1000 or --set 'pretrain={steps: 1000}'")
         p.add_argument("--dataset", required=True)
         if "shard" in extra:
             p.add_argument("--shard", type=int, required=True)
@@ -60,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     log = get_logger()
     started = time.time()
     try:
-        from .config import load_config
+        from .config import load_config, parse_overrides
 
         config_files = args.config or [os.environ.get("VIDIDI_CONFIG") or "config.yaml"]
-        config = load_config(config_files)
+        config = load_config(config_files, overrides=parse_overrides(args.set))
         # before torch / scikit-learn load: their OpenMP pools default to every core, which thrashes
         # when Snakemake runs jobs side by side (Snakemake sets this itself to the rule's threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(config["threads"]))

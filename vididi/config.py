@@ -66,11 +66,60 @@ def resolve(config: dict) -> dict:
     if isinstance(variants, dict):  # configured variants add to base / vididi (or retune them)
         config["variants"] = deep_update(BUILTIN_VARIANTS, variants)
     validator = _validator()
-    errors = list(validator.iter_errors(config))
+    errors = _coerce_strings(validator, config)
     if errors:
         raise ConfigError(_describe(jsonschema.exceptions.best_match(errors)))
     _check_references(config)
     return config
+
+
+def _coerce_strings(validator, config: dict) -> list:
+    """Give command-line values their schema types; return the errors that remain.
+
+    Snakemake hands nested `--config` values over as strings (`pretrain='{steps: 1000}'` arrives as
+    {"steps": "1000"}), and so does `vididi <stage> --set`. A string where the schema wants another
+    type is read as YAML; a string where a string is allowed is left alone (split "1" stays "1").
+    """
+    for _ in range(32):  # each pass fixes every level it can see; nesting is shallow
+        errors = list(validator.iter_errors(config))
+        fixed = False
+        for error in errors:
+            if not isinstance(error.instance, str) or not error.absolute_path:
+                continue
+            try:
+                value = yaml.safe_load(error.instance)
+            except yaml.YAMLError:
+                continue
+            if not isinstance(value, str):
+                *parents, key = error.absolute_path
+                target = config
+                for part in parents:
+                    target = target[part]
+                target[key] = value
+                fixed = True
+        if not fixed:
+            return errors
+    return errors
+
+
+def parse_overrides(entries: Iterable[str]) -> dict:
+    """`KEY=VALUE` pairs from the command line -> a nested mapping for `load_config(overrides=)`.
+
+    KEY may be dotted (`pretrain.steps=1000`); VALUE may be a YAML mapping (`pretrain={steps: 1000}`,
+    Snakemake's `--config` form). Values stay strings here; `resolve` types them by the schema.
+    """
+    out: dict = {}
+    for entry in entries:
+        key, sep, value = entry.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {entry!r}: expected KEY=VALUE, e.g. pretrain.steps=1000")
+        parsed = yaml.load(value, Loader=yaml.BaseLoader) if value.strip() else None  # strings, as Snakemake does
+        *parents, last = key.strip().split(".")
+        node = {last: parsed}
+        for part in reversed(parents):
+            node = {part: node}
+        out = deep_update(out, node)
+    return out
 
 
 _SCHEMA_CACHE: dict = {}
@@ -270,6 +319,11 @@ def raw_dir(config: dict, dataset: str) -> Path:
 
 def shard_dir(config: dict, dataset: str) -> Path:
     return Path(config["data_dir"]) / "shards" / dataset
+
+
+def data_log_dir(config: dict, dataset: str) -> Path:
+    """The data stage's logs; Snakemake keeps them when a job fails (and deletes the job's outputs)."""
+    return Path(config["data_dir"]) / "logs" / dataset
 
 
 def run_dir(config: dict, run: Run) -> Path:

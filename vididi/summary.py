@@ -51,7 +51,8 @@ def collect_rows(config: dict, dataset: str) -> list[dict]:
         base = cfgmod.run_dir(config, run)
         info_path = base / "train_info.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        pretrain_s = _benchmark_seconds(base / "benchmarks" / "pretrain.tsv") or info.get("wall_seconds")
+        # train_info.json sums the segments of a resumed training; the job's benchmark file times only the last
+        pretrain_s = info.get("wall_seconds") or _benchmark_seconds(base / "benchmarks" / "pretrain.tsv")
         for eval_dataset in run.eval_datasets:
             row = {"framework": run.framework, "variant": run.variant, "backbone": run.backbone,
                    "seed": run.seed, "eval_dataset": eval_dataset}  # fmt: skip
@@ -67,6 +68,7 @@ def collect_rows(config: dict, dataset: str) -> list[dict]:
             for stage in ["features", *stages]:
                 eval_s += _benchmark_seconds(base / "benchmarks" / f"{stage}-{eval_dataset}.tsv") or 0.0
             row.update(steps=info.get("steps"), pretrain_s=pretrain_s, eval_s=round(eval_s, 1) or None)
+            row.update(_provenance={k: info.get(k) for k in ("machine", "finished", "code")})
             rows.append(row)
     if not rows:
         raise VididiError(f"no runs pretrained on {dataset} in the config")
@@ -142,4 +144,16 @@ def markdown(rows: list[dict], metrics: list[str], baseline: str, dataset: str) 
         lines += ["", f"## Difference to the baseline variant `{baseline}` (means over seeds; points)", "",
                   "| framework | backbone | eval_dataset | difference | " + " | ".join(metrics) + " |",
                   "|" + "---|" * (4 + len(metrics)), *diffs]  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _provenance_lines(rows)) + "\n"
+
+
+def _provenance_lines(rows: list[dict]) -> list[str]:
+    """Where and when the runs were trained, and by which code (from their train_info.json): training
+    is bit-reproducible on one machine, but float rounding differs between CPUs, so numbers move."""
+    seen = {key: sorted({str(r["_provenance"][key]) for r in rows if r.get("_provenance", {}).get(key)})
+            for key in ("machine", "finished", "code")}  # fmt: skip
+    if not any(seen.values()):
+        return []
+    finished = " .. ".join(dict.fromkeys([seen["finished"][0], seen["finished"][-1]])) if seen["finished"] else "-"
+    return ["", "- Trained on: " + (" | ".join(seen["machine"]) or "-"), f"- Finished: {finished}",
+            "- Code: " + (", ".join(seen["code"]) or "-")]  # fmt: skip

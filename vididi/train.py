@@ -9,10 +9,14 @@ Outputs in results/<dataset>/runs/<run>/:
     train_log.csv         step, epoch, loss, loss terms, order pair, lr, clips/s (one row per step)
     train_info.json       wall time, steps, device, settings
 
-Crash safety: checkpoints are written atomically; re-running resumes from last.pt when it was made
-with the same settings (a checkpoint from other settings is moved aside, never deleted). Training is a
-pure function of (settings, step): the batch of step k, its augmentation and the order pair depend
-only on the seed and k, so a resumed CPU run reproduces an uninterrupted one bit for bit.
+Crash safety: checkpoints are written atomically. Re-running an interrupted run (last.pt short of
+`steps`) resumes from last.pt when it was made with the same settings; re-running a finished run (a
+forced re-run: last.pt at `steps`) trains again from step 0; a checkpoint from other settings is moved
+aside, never deleted. A code change does not invalidate a half-finished last.pt: it resumes, with a
+warning, and train_info.json lists the code version of every segment. Training is a pure function of
+(settings, step): the batch of step k, its augmentation and the order pair depend only on the seed and
+k, so a resumed CPU run reproduces an uninterrupted one bit for bit. The reported training time is the
+sum over all segments of one training.
 A non-finite loss stops the run with a clear message; the last good checkpoint stays.
 
 Under `torchrun` the same command trains with DistributedDataParallel (NCCL on GPUs, gloo on CPU):
@@ -43,7 +47,7 @@ from .distributed import convert_sync_batchnorm, is_main, world
 from .frameworks import Framework, build_framework
 from .models import build_backbone
 from .schedule import BalancedSchedule
-from .utils import VididiError, atomic_path, get_logger, progress, write_json
+from .utils import VididiError, atomic_path, code_version, get_logger, machine, progress, write_json
 
 log = get_logger()
 
@@ -114,6 +118,7 @@ class Trainer:
         self.inp, self.device, self.grad_clip, self.total_steps = step_input, device, grad_clip, total_steps
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+        self.dtype = torch.float64 if precision == "fp64" else torch.float32
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
         self.core = model.module if hasattr(model, "module") else model  # under DDP
         self.mean = torch.tensor(step_input.mean, dtype=torch.float32, device=device)
@@ -123,7 +128,7 @@ class Trainer:
         """Derivative view of one batch of clips (METHOD.md): colour jitter on floats in [0, 1],
         centring by the dataset mean, then D_order and its scaling."""
         x = apply_colour(clip.to(self.device, non_blocking=True), colour.to(self.device, non_blocking=True), self.mean)
-        v = derivative_view(x, order, self.inp.frames, self.inp.scaling, self.inp.sigma)
+        v = derivative_view(x.to(self.dtype), order, self.inp.frames, self.inp.scaling, self.inp.sigma)
         return v.contiguous(memory_format=self.memory_format)  # a no-op for channels-last
 
     def views(self, batch, step: int) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
@@ -148,7 +153,7 @@ class Trainer:
         self.core.after_step(step, self.total_steps)
         loss = loss.detach()
         if self.world_size > 1:
-            values = torch.stack([loss.float(), *(v.float() for v in terms.values())])
+            values = torch.stack([loss.double(), *(v.double() for v in terms.values())])  # a few scalars: exact sums
             dist.all_reduce(values)
             values /= self.world_size
             loss, terms = values[0], dict(zip(terms, values[1:]))
@@ -166,6 +171,8 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
     index = DatasetIndex.for_dataset(config, run.dataset)
     clips_cfg, pre = settings["clips"], config["pretrain"]  # (settings omit the keys that do not change weights)
     model = build_model(settings, num_classes=len(index.classes)).to(device)
+    if pre["precision"] == "fp64":  # exact-arithmetic checks (DDP == one process); slow
+        model = model.double()
     if pre["channels_last"]:
         model = model.to(memory_format=torch.channels_last_3d)
     started = time.time()
@@ -183,7 +190,9 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, pre["warmup_steps"], pre["min_lr_ratio"])
     )
-    start_step = _resume(ckpt_dir, settings_hash, model, optimizer, scheduler)
+    start_step, segments = _resume(ckpt_dir, settings_hash, total, model, optimizer, scheduler)
+    segment = {"from_step": start_step, "to_step": start_step, "seconds": 0.0, "code": code_version()}
+    segments.append(segment)
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -221,15 +230,18 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
                 bar.set_postfix(loss=f"{last['loss']:.4g}", pair=last["pair"], lr=f"{last['lr']:.2e}", clips_s=last["clips_per_s"])
             bar.update(done - bar.n)
         if checkpoint:
+            segment.update(to_step=done, seconds=round(time.time() - started, 1))
             if is_main():
-                _save_checkpoint(ckpt_dir / "last.pt", done, model, optimizer, scheduler, settings_hash)
+                _save_checkpoint(ckpt_dir / "last.pt", done, model, optimizer, scheduler, settings_hash, segments)
             if world_size > 1:
                 dist.barrier()
     bar.close()
     if is_main():
         core = model.module if hasattr(model, "module") else model
         _write_final(ckpt_dir / "final.pt", core, settings, settings_hash, index, steps=total)
-        _write_info(out_dir, settings, steps=total, wall=time.time() - started, device=device, world_size=world_size)
+        segment.update(to_step=total, seconds=round(time.time() - started, 1))
+        _write_info(out_dir, settings, steps=total, wall=sum(s["seconds"] for s in segments), device=device,
+                    world_size=world_size, segments=segments)
     if world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -304,11 +316,12 @@ class _TrainLog:
         return rows
 
 
-def _save_checkpoint(path: Path, step: int, model, optimizer, scheduler, settings_hash: str) -> None:
+def _save_checkpoint(path: Path, step: int, model, optimizer, scheduler, settings_hash: str, segments: list[dict]) -> None:
     core = model.module if hasattr(model, "module") else model
     state = {
         "step": step,
         "settings_hash": settings_hash,
+        "segments": json.dumps(segments),  # the training's time so far, one entry per (re)start
         "model": core.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -319,31 +332,40 @@ def _save_checkpoint(path: Path, step: int, model, optimizer, scheduler, setting
         torch.save(state, tmp)
 
 
-def _resume(ckpt_dir: Path, settings_hash: str, model, optimizer, scheduler) -> int:
-    """Load last.pt when it matches these settings; return the step to start from."""
+def _resume(ckpt_dir: Path, settings_hash: str, total: int, model, optimizer, scheduler) -> tuple[int, list[dict]]:
+    """(step to start from, earlier segments of this training): resume from last.pt when it is an
+    unfinished training with these settings; a finished one (a forced re-run) starts over."""
     path = ckpt_dir / "last.pt"
     if not path.is_file():
-        return 0
+        return 0, []
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # an unreadable checkpoint is set aside, never silently trusted
         aside = _unused_path(path.with_name(f"last.unreadable-{int(time.time())}.pt"))
         path.rename(aside)
         log.warning("checkpoint %s is unreadable (%s); moved to %s, starting over", path, exc, aside)
-        return 0
+        return 0, []
     if state.get("settings_hash") != settings_hash:
         aside = _unused_path(ckpt_dir.with_name(f"checkpoints.stale-{state.get('settings_hash')}"))
         ckpt_dir.rename(aside)
         log.warning("the checkpoint was made with other settings; moved it to %s and starting over", aside)
-        return 0
+        return 0, []
+    if state["step"] >= total:
+        log.info("%s holds a finished training (%d steps): training again from step 0", path, state["step"])
+        return 0, []
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng_torch"])
     if state["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
+    segments = json.loads(state.get("segments", "[]"))
+    earlier = {s["code"] for s in segments} - {code_version()}
+    if earlier:
+        log.warning("resuming a training begun with other code (%s, now %s); train_info.json lists both",
+                    ", ".join(sorted(earlier)), code_version())
     log.info("resuming from %s at step %d", path, state["step"])
-    return int(state["step"])
+    return int(state["step"]), segments
 
 
 def _unused_path(path: Path) -> Path:
@@ -372,10 +394,13 @@ def _write_final(path: Path, model, settings: dict, settings_hash: str, index: D
         torch.save(state, tmp)
 
 
-def _write_info(out_dir: Path, settings: dict, steps: int, wall: float, device, world_size: int) -> None:
+def _write_info(out_dir: Path, settings: dict, steps: int, wall: float, device, world_size: int,
+                segments: list[dict] | None = None) -> None:
+    """wall_seconds: the training's time summed over its segments (an interrupted run has several)."""
     write_json(out_dir / "train_info.json", {
         "steps": steps, "wall_seconds": round(wall, 1), "device": str(device), "processes": world_size,
-        "settings_hash": cfgmod.settings_hash(settings), "settings": settings,
+        "machine": machine(), "finished": time.strftime("%Y-%m-%d"), "code": code_version(),
+        "segments": segments or [], "settings_hash": cfgmod.settings_hash(settings), "settings": settings,
     })  # fmt: skip
 
 

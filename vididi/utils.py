@@ -93,6 +93,49 @@ def versions() -> dict[str, str]:
     return out
 
 
+def machine() -> str:
+    """One line naming the machine a result was computed on: CPU model and cores, the vector ISA torch
+    uses on it (float rounding differs between ISAs), and the GPU when one is visible."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [f"{cpu}, {os.cpu_count()} cores"]
+    try:
+        import torch
+
+        parts.append(f"torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()}")
+        if torch.cuda.is_available():
+            parts.append(torch.cuda.get_device_name())
+    except ImportError:
+        pass
+    return "; ".join(parts)
+
+
+def code_version() -> str:
+    """The package version, plus the git commit (and `-dirty`) when running from a checkout."""
+    import subprocess
+
+    from . import __version__
+
+    if "code" not in _CODE_VERSION:
+        repo = Path(__file__).resolve().parents[1]
+        try:
+            sha = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--abbrev=10"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            sha = ""
+        _CODE_VERSION["code"] = f"{__version__}+g{sha}" if sha and (repo / ".git").exists() else __version__
+    return _CODE_VERSION["code"]
+
+
+_CODE_VERSION: dict[str, str] = {}
+
+
 def write_metrics(path: str | os.PathLike, metrics: dict, protocol: dict, settings: Any) -> None:
     """Write a metric file: the numbers, how they were measured, and what produced them."""
     write_json(

@@ -161,14 +161,18 @@ def build_index(config: dict, dataset: str) -> Path:
         for i in range(len(table["video_id"])):
             rows.append([table["video_id"][i], shard] + [table[k][i] for k in INDEX_COLUMNS[2:]])
 
-    write_text(folder / "bad_videos.tsv", "video_id\tpath\treason\n" + "".join(f"{v}\t{p}\t{r}\n" for v, p, r in bad))
+    report = "video_id\tpath\treason\n" + "".join(f"{v}\t{p}\t{r}\n" for v, p, r in bad)
+    # the copy beside the logs outlives a failure: Snakemake deletes a failed job's outputs, not its logs
+    kept_report = cfgmod.data_log_dir(config, dataset) / "bad_videos.tsv"
+    write_text(kept_report, report)
     total = len(rows) + len(bad)
     limit = ds["extract"]["max_bad_fraction"]
     if total == 0 or len(bad) > limit * total:
         raise VididiError(
             f"dataset {dataset}: {len(bad)} of {total} videos are missing or unreadable "
-            f"(more than max_bad_fraction={limit}); see {folder / 'bad_videos.tsv'}"
+            f"(more than max_bad_fraction={limit}); see {kept_report}"
         )
+    write_text(folder / "bad_videos.tsv", report)
     lines = ["\t".join(INDEX_COLUMNS)]
     for r in rows:
         lines.append("\t".join(_cell(x) for x in r))

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -41,9 +42,20 @@ def names_of(*sources):
     return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
+def _python():
+    """The interpreter that runs the stages. On the host: the one running Snakemake (the project's
+    environment, activated or not: `.venv/bin/snakemake` works without `source .venv/bin/activate`).
+    Under --use-conda / --use-singularity the job runs in that environment, whose own `python` it uses."""
+    from snakemake.settings.types import DeploymentMethod
+
+    if workflow.deployment_settings.deployment_method & {DeploymentMethod.CONDA, DeploymentMethod.APPTAINER}:
+        return "python"
+    return shlex.quote(sys.executable)
+
+
 def vididi(stage):
     """The shell prefix of a stage; it reads $VIDIDI_CONFIG."""
-    return f"vididi {stage}"
+    return f"{_python()} -m vididi.cli {stage}"
 
 
 def raw_hash(dataset):
@@ -107,7 +119,7 @@ def pretrain_launcher(wildcards):
     """`vididi pretrain`, or torchrun with one process per GPU when a run asks for several."""
     gpus = config["pretrain"]["gpus"]
     if gpus > 1:
-        return f"torchrun --standalone --nproc_per_node {gpus} -m vididi.cli pretrain"
+        return f"{_python()} -m torch.distributed.run --standalone --nproc_per_node {gpus} -m vididi.cli pretrain"
     return vididi("pretrain")
 
 
