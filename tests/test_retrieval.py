@@ -194,3 +194,74 @@ def test_bad_inputs_raise_clear_errors(kwargs, message):
     args.update(kwargs)
     with pytest.raises(VididiError, match=message):
         recall_at_k(**args)
+
+
+def unblocked_first_hit_ranks(query, query_labels, gallery, gallery_labels):
+    """The implementation before gallery tiling (one query-chunk x whole-gallery block), verbatim in
+    its arithmetic: the tiled version must reproduce it exactly."""
+    query_t = torch.as_tensor(np.asarray(query, dtype=np.float64))
+    gallery_t = torch.as_tensor(np.asarray(gallery, dtype=np.float64))
+    _, codes = np.unique(np.concatenate([np.asarray(query_labels), np.asarray(gallery_labels)]), return_inverse=True)
+    codes = torch.from_numpy(codes.astype(np.int64))
+    query_codes, gallery_codes = codes[: len(query_t)], codes[len(query_t) :]
+    gallery_n = torch.nn.functional.normalize(gallery_t, dim=1)
+    gallery_index = torch.arange(gallery_n.shape[0])
+    past_end = torch.full_like(gallery_index, gallery_n.shape[0])
+    chunk = torch.nn.functional.normalize(query_t, dim=1)
+    sim = chunk @ gallery_n.T
+    same = query_codes[:, None] == gallery_codes[None, :]
+    has_positive = same.any(dim=1)
+    best_sim = torch.where(same, sim, torch.full_like(sim, -torch.inf)).amax(dim=1)
+    at_best = same & (sim == best_sim[:, None])
+    best_index = torch.where(at_best, gallery_index[None, :], past_end[None, :]).amin(dim=1)
+    ahead = (sim > best_sim[:, None]) | (
+        (sim == best_sim[:, None]) & (gallery_index[None, :] < best_index[:, None])
+    )
+    rank = 1.0 + ahead.sum(dim=1).to(torch.float64)
+    return torch.where(has_positive, rank, torch.full_like(rank, torch.inf)).numpy()
+
+
+def tie_heavy_case(seed: int):
+    """Random continuous vectors mixed with scaled one-hot vectors (whose cosines are exactly 0 or 1
+    on any CPU, so they tie exactly), a zero vector, and a class absent from the gallery."""
+    rng = np.random.default_rng(seed)
+    dims = 6
+    def rows(n):
+        out = rng.normal(size=(n, dims))
+        onehot = rng.random(n) < 0.6
+        axes = rng.integers(0, dims, size=n)
+        out[onehot] = 0.0
+        out[onehot, axes[onehot]] = rng.choice([1.0, 2.0, 3.0, 0.5], size=onehot.sum())
+        return out
+    gallery, query = rows(97), rows(23)
+    gallery[5] = 0.0
+    gallery_labels = rng.integers(0, 4, size=97)
+    query_labels = rng.integers(0, 5, size=23)  # class 4 never occurs in the gallery
+    query_labels[0] = 4
+    return query, query_labels, gallery, gallery_labels
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gallery_tiling_reproduces_the_unblocked_implementation(seed):
+    query, query_labels, gallery, gallery_labels = tie_heavy_case(seed)
+    expected = unblocked_first_hit_ranks(query, query_labels, gallery, gallery_labels)
+    assert np.isinf(expected[0]) and (expected[1:] >= 2).any()  # the case has misses and non-trivial ranks
+    with np.errstate(invalid="ignore"):  # the zero vector's cosine is 0/0 in the reference
+        reference = brute_force_first_hits(query, query_labels, gallery, gallery_labels)
+    np.testing.assert_array_equal(np.isinf(expected), np.isinf(reference))
+    for chunk_size, gallery_chunk_size in [(1024, None), (1024, 97), (5, 1), (7, 10), (23, 32), (1, 96)]:
+        ranks = first_hit_ranks(
+            query, query_labels, gallery, gallery_labels,
+            chunk_size=chunk_size, gallery_chunk_size=gallery_chunk_size,
+        )
+        np.testing.assert_array_equal(ranks, expected)
+        tiled = recall_at_k(
+            query, query_labels, gallery, gallery_labels,
+            chunk_size=chunk_size, gallery_chunk_size=gallery_chunk_size,
+        )
+        assert tiled.recall == recall_at_k(query, query_labels, gallery, gallery_labels).recall
+
+
+def test_bad_gallery_chunk_size_raises():
+    with pytest.raises(VididiError, match="gallery_chunk_size"):
+        first_hit_ranks(np.ones((2, 2)), [0, 1], np.ones((3, 2)), [0, 1, 1], gallery_chunk_size=0)

@@ -13,7 +13,7 @@ directly: if that item has similarity s* and gallery index i*, its 1-based rank 
 
     1 + #{j : sim_j > s*} + #{j : sim_j == s*, j < i*},
 
-which needs one (chunk x gallery) similarity block per query chunk and nothing larger.
+which needs one (query chunk x gallery tile) similarity block at a time and nothing larger.
 
 Usage::
 
@@ -33,6 +33,7 @@ import torch
 from vididi.utils import VididiError
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50)
+BLOCK_ENTRIES = 1 << 24  # similarities per (query chunk x gallery tile) block when not given
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def recall_at_k(
     ks: Sequence[int] = DEFAULT_KS,
     chunk_size: int = 1024,
     device: str | torch.device | None = None,
+    gallery_chunk_size: int | None = None,
 ) -> RetrievalResult:
     """Recall@k of cosine-similarity retrieval of `query` (N, D) against `gallery` (M, D).
 
@@ -75,7 +77,9 @@ def recall_at_k(
     labels may be integers or strings. See `first_hit_ranks` for chunking, device and zero vectors.
     """
     ks = _check_ks(ks)
-    ranks = first_hit_ranks(query, query_labels, gallery, gallery_labels, chunk_size, device)
+    ranks = first_hit_ranks(
+        query, query_labels, gallery, gallery_labels, chunk_size, device, gallery_chunk_size
+    )
     gallery_size = int(np.shape(gallery)[0])
     return RetrievalResult(recall_from_ranks(ranks, ks, gallery_size), ranks, gallery_size)
 
@@ -98,11 +102,17 @@ def first_hit_ranks(
     gallery_labels,
     chunk_size: int = 1024,
     device: str | torch.device | None = None,
+    gallery_chunk_size: int | None = None,
 ) -> np.ndarray:
     """1-based rank of the first same-class gallery item for every query (inf if there is none).
 
-    Features are L2-normalised and similarities computed in float64, `chunk_size` queries at a time,
-    so peak memory is O(chunk_size x M). Ties are exact equalities of the computed similarities
+    Features are L2-normalised and similarities computed in float64, in blocks of `chunk_size`
+    queries x `gallery_chunk_size` gallery items (default: blocks of BLOCK_ENTRIES similarities,
+    about 16 M, i.e. a few hundred MiB of temporaries), so peak memory beyond the inputs is
+    O(chunk_size x gallery_chunk_size + gallery_chunk_size x D) whatever the gallery size. A gallery
+    larger than one block is read twice per query chunk (best positive, then its rank), so the
+    matmul cost doubles there; every block is computed by the same call both times, so the ranks do
+    not depend on the block sizes. Ties are exact equalities of the computed similarities
     (identical feature vectors, for instance). A zero feature vector has cosine similarity 0 with everything (the
     `torch.nn.functional.normalize` convention). `device=None` uses the device of `query` when it is
     a tensor, else the CPU.
@@ -121,29 +131,57 @@ def first_hit_ranks(
         device = query_t.device
     device = torch.device(device)
 
-    gallery_n = torch.nn.functional.normalize(gallery_t.to(device, torch.float64), dim=1)
-    gallery_codes = gallery_codes.to(device)
-    gallery_index = torch.arange(gallery_n.shape[0], device=device)
-    past_end = torch.full_like(gallery_index, gallery_n.shape[0])  # "no positive here" for amin
+    gallery_size = gallery_t.shape[0]
+    if gallery_chunk_size is None:
+        gallery_chunk_size = max(1, BLOCK_ENTRIES // chunk_size)
+    if gallery_chunk_size < 1:
+        raise VididiError(f"gallery_chunk_size must be >= 1, got {gallery_chunk_size}")
+    tiles = [(lo, min(lo + gallery_chunk_size, gallery_size)) for lo in range(0, gallery_size, gallery_chunk_size)]
+    if len(tiles) == 1:  # small gallery: normalise it once, one block per query chunk
+        whole = _gallery_tile(gallery_t, gallery_codes, 0, gallery_size, device)
+        tile_of = lambda lo, hi: whole  # noqa: E731
+    else:  # large gallery: normalise each tile when it is used, so only one tile is ever held
+        tile_of = lambda lo, hi: _gallery_tile(gallery_t, gallery_codes, lo, hi, device)  # noqa: E731
     ranks = np.empty(query_t.shape[0], dtype=np.float64)
     for lo in range(0, query_t.shape[0], chunk_size):
         chunk = torch.nn.functional.normalize(
             query_t[lo : lo + chunk_size].to(device, torch.float64), dim=1
         )
-        sim = chunk @ gallery_n.T  # (chunk, M)
-        same = query_codes[lo : lo + chunk_size].to(device)[:, None] == gallery_codes[None, :]
-        has_positive = same.any(dim=1)
-        # Best positive: highest similarity, lowest gallery index among equals.
-        best_sim = torch.where(same, sim, torch.full_like(sim, -torch.inf)).amax(dim=1)
-        at_best = same & (sim == best_sim[:, None])
-        best_index = torch.where(at_best, gallery_index[None, :], past_end[None, :]).amin(dim=1)
-        ahead = (sim > best_sim[:, None]) | (
-            (sim == best_sim[:, None]) & (gallery_index[None, :] < best_index[:, None])
-        )
-        rank = 1.0 + ahead.sum(dim=1).to(torch.float64)
-        rank = torch.where(has_positive, rank, torch.full_like(rank, torch.inf))
+        codes = query_codes[lo : lo + chunk_size].to(device)
+        # Pass 1: the best positive of each query, highest similarity, lowest gallery index among
+        # equals. Tiles come in index order, so an equal similarity in a later tile never wins.
+        best_sim = torch.full((chunk.shape[0],), -torch.inf, dtype=torch.float64, device=device)
+        best_index = torch.full((chunk.shape[0],), gallery_size, dtype=torch.int64, device=device)
+        for g_lo, g_hi in tiles:
+            tile, tile_codes = tile_of(g_lo, g_hi)
+            sim = chunk @ tile.T  # (chunk, tile)
+            same = codes[:, None] == tile_codes[None, :]
+            tile_best = sim.masked_fill(~same, -torch.inf).amax(dim=1)
+            at_best = same & (sim == tile_best[:, None])
+            tile_index = g_lo + at_best.to(torch.uint8).argmax(dim=1)  # first True (documented)
+            better = at_best.any(dim=1) & (tile_best > best_sim)
+            best_sim = torch.where(better, tile_best, best_sim)
+            best_index = torch.where(better, tile_index, best_index)
+        # Pass 2: rank = 1 + #(more similar) + #(as similar and lower index). With one tile the
+        # block from pass 1 is reused; with several each tile's block is recomputed identically.
+        ahead = torch.zeros(chunk.shape[0], dtype=torch.int64, device=device)
+        for g_lo, g_hi in tiles:
+            if len(tiles) > 1:
+                tile, _ = tile_of(g_lo, g_hi)
+                sim = chunk @ tile.T
+            ahead += (sim > best_sim[:, None]).sum(dim=1)
+            index = torch.arange(g_lo, g_hi, device=device)
+            ahead += ((sim == best_sim[:, None]) & (index[None, :] < best_index[:, None])).sum(dim=1)
+        rank = 1.0 + ahead.to(torch.float64)
+        rank = torch.where(best_index < gallery_size, rank, torch.full_like(rank, torch.inf))
         ranks[lo : lo + chunk.shape[0]] = rank.cpu().numpy()
     return ranks
+
+
+def _gallery_tile(gallery_t: torch.Tensor, gallery_codes: torch.Tensor, lo: int, hi: int, device):
+    """Gallery rows lo:hi, L2-normalised in float64 on `device`, and their label codes."""
+    tile = torch.nn.functional.normalize(gallery_t[lo:hi].to(device, torch.float64), dim=1)
+    return tile, gallery_codes[lo:hi].to(device)
 
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
@@ -158,7 +196,10 @@ def _as_features(x, name: str) -> torch.Tensor:
         t = x.detach()
     else:
         try:
-            t = torch.from_numpy(np.asarray(x, dtype=np.float64))
+            array = np.asarray(x)
+            if array.dtype.kind != "f":  # floats stay as they are (float32 features: half the memory)
+                array = np.asarray(x, dtype=np.float64)
+            t = torch.from_numpy(array)
         except (TypeError, ValueError) as err:
             raise VididiError(f"{name} features must be a numeric array: {err}") from None
     if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
