@@ -345,14 +345,18 @@ def data_settings(config: dict, dataset: str) -> dict:
     return {**raw_settings(config, dataset), **{k: ds[k] for k in ("listing", "extract")}}
 
 
+NOT_WEIGHTS = ("log_every", "checkpoint_every", "num_workers", "gpus", "nodes", "compile", "fused_optimizer")
+
+
 def pretrain_settings(config: dict, run: Run) -> dict:
     """What a pretraining run's weights depend on."""
     settings = {
         "run": run.name,
         "data": {**data_settings(config, run.dataset), "split": config["datasets"][run.dataset]["split"]},
         "clips": config["datasets"][run.dataset]["clips"],
-        # how often to log / checkpoint, workers and GPU count do not change the weights
-        "pretrain": {k: v for k, v in config["pretrain"].items() if k not in ("log_every", "checkpoint_every", "num_workers", "gpus")},
+        # how often to log / checkpoint, workers, GPU and node counts do not change the weights; nor
+        # (beyond rounding, like `device`) do compiling and the fused optimiser kernel
+        "pretrain": {k: v for k, v in config["pretrain"].items() if k not in NOT_WEIGHTS},
         "augment": config["augment"],
         "backbone": {"name": run.backbone, **config["backbones"].get(run.backbone, {})},
         "variant": {"name": run.variant, **config["variants"][run.variant]},

@@ -116,11 +116,11 @@ def shard_files(wildcards):
 
 
 def pretrain_launcher(wildcards):
-    """`vididi pretrain`, or torchrun with one process per GPU when a run asks for several."""
-    gpus = config["pretrain"]["gpus"]
-    if gpus > 1:
-        return f"{_python()} -m torch.distributed.run --standalone --nproc_per_node {gpus} -m vididi.cli pretrain"
-    return vididi("pretrain")
+    """`vididi pretrain`; torchrun with one process per GPU when a run asks for several; srun + one
+    torchrun per node at a c10d rendezvous when it asks for several nodes (vididi/launch.py)."""
+    from vididi.launch import launcher_command
+
+    return launcher_command(config["pretrain"]["gpus"], config["pretrain"]["nodes"], _python()) or vididi("pretrain")
 
 
 def figure_inputs(wildcards):
