@@ -13,6 +13,11 @@ drift on a shared machine hits both alike, after warm-up iterations; medians of 
             step's order pair from the balanced schedule, the two derivative views, the model, the
             optimiser, the lr scheduler and `after_step`.
   overhead = median over iterations of trainer / bare - 1 (each pair timed back to back)  target <= 5%
+- compiled: the same two loops on two more copies whose encoder and projector are compiled with
+            `vididi.train.compile_model` (the `pretrain.compile` switch; fused AdamW where
+            `pretrain.fused_optimizer` resolves on), timed in the same interleaved rotation, so
+            eager and compiled figures come from the same run; the first (compiling) step of each is
+            reported apart. `--no-compile` skips them (the compile takes minutes on 2 CPU cores).
 - `Trainer.views` (everything the trainer does before the model), and inside it `apply_colour`
   (upload, the colour jitter the loader hands to the device, centring), `derivative_view` and
   `schedule.pair` timed alone; share = median time / median trainer step.
@@ -25,6 +30,7 @@ Defaults come from config.yaml (synthetic: batch 32, clips of T+2 = 10 frames at
 
     .venv/bin/python benchmarks/bench_train.py                          # ~1-2 min on 2 CPU cores
     .venv/bin/python benchmarks/bench_train.py --backbone r3d_18 --size 112 --frames 16 --device cuda
+    .venv/bin/python benchmarks/bench_train.py --backbone r3d_18 --size 112 --frames 16 --batch 64 --device cuda
 """
 
 from __future__ import annotations
@@ -46,7 +52,15 @@ from vididi import config as cfgmod  # noqa: E402
 from vididi.data.augment import apply_colour, colour_jitter_map  # noqa: E402
 from vididi.derivatives import derivative_view, measure_sigma, to_float  # noqa: E402
 from vididi.schedule import BalancedSchedule  # noqa: E402
-from vididi.train import StepInput, Trainer, build_model, lr_factor, make_optimizer, resolve_device  # noqa: E402
+from vididi.train import (  # noqa: E402
+    StepInput,
+    Trainer,
+    build_model,
+    compile_model,
+    lr_factor,
+    make_optimizer,
+    resolve_device,
+)  # fmt: skip
 
 REPO = Path(__file__).resolve().parents[1]
 OVERHEAD_TARGET = 0.05  # trainer step <= 1.05 x bare step
@@ -68,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations of each loop first")
     p.add_argument("--steps", type=int, default=20, help="timed iterations of each loop")
     p.add_argument("--repeats", type=int, default=20, help="repetitions of each views/derivative timing")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled bare loop and trainer")
     return p.parse_args(argv)
 
 
@@ -92,6 +107,7 @@ def setup(args: argparse.Namespace) -> dict:
     memory_format = torch.channels_last_3d if pre["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     bare_model = copy.deepcopy(model)
+    initial = copy.deepcopy(model)  # the compiled copies start from the same weights
 
     # synthetic uint8 clips on the host, as the loader delivers them (pinned for a fast upload)
     g = torch.Generator().manual_seed(0)
@@ -109,17 +125,29 @@ def setup(args: argparse.Namespace) -> dict:
     sigma = list(measure_sigma(to_float(clip1[:4], mean), frames))
 
     total = args.warmup + args.steps
-    optimizer = make_optimizer(model, pre)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, pre["warmup_steps"], pre["min_lr_ratio"])
-    )
-    schedule = BalancedSchedule(settings["variant"]["schedule"], seed=0)
     step_input = StepInput(mean, sigma, frames, settings["variant"]["scaling"])
-    trainer = Trainer(model, optimizer, scheduler, schedule, step_input, device, pre["precision"],
-                      pre["channels_last"], pre["grad_clip"], total)  # fmt: skip
+
+    def make_trainer(m):
+        optimizer = make_optimizer(m, pre, device)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, total, pre["warmup_steps"], pre["min_lr_ratio"])
+        )
+        schedule = BalancedSchedule(settings["variant"]["schedule"], seed=0)
+        return Trainer(m, optimizer, scheduler, schedule, step_input, device, pre["precision"],
+                       pre["channels_last"], pre["grad_clip"], total)  # fmt: skip
+
+    trainer = make_trainer(model)
+    schedule = trainer.schedule
+    compiled = {}
+    if not args.no_compile:
+        compiled_trainer_model, compiled_bare_model = copy.deepcopy(initial), copy.deepcopy(initial)
+        compile_model(compiled_trainer_model, device, True)
+        compile_model(compiled_bare_model, device, True)
+        compiled = {"trainer": make_trainer(compiled_trainer_model), "bare_model": compiled_bare_model,
+                    "bare_optimizer": make_optimizer(compiled_bare_model, pre, device)}  # fmt: skip
 
     # the bare loop: same model (a copy), same optimiser settings, every view ready on the device
-    bare_optimizer = make_optimizer(bare_model, pre)
+    bare_optimizer = make_optimizer(bare_model, pre, device)
     x1, x2 = to_float(clip1.to(device), mean), to_float(clip2.to(device), mean)
     scaling = settings["variant"]["scaling"]
     views = {
@@ -132,7 +160,7 @@ def setup(args: argparse.Namespace) -> dict:
         "settings": settings, "device": device, "frames": frames, "size": size, "batch": batch,
         "trainer": trainer, "clip1": clip1, "clip2": clip2, "labels": labels, "train_batch": train_batch,
         "bare_model": bare_model, "bare_optimizer": bare_optimizer, "views": views, "pairs": pairs,
-        "bare_labels": labels.to(device), "autocast": trainer.autocast,
+        "bare_labels": labels.to(device), "autocast": trainer.autocast, "compiled": compiled,
     }  # fmt: skip
 
 
@@ -159,30 +187,39 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def bare_step(s: dict, step: int) -> None:
+def bare_step(s: dict, step: int, model=None, optimizer=None) -> None:
+    model, optimizer = model or s["bare_model"], optimizer or s["bare_optimizer"]
     a, b = s["pairs"][step]
     with s["autocast"]:
-        loss, _ = s["bare_model"](s["views"][a][0], s["views"][b][1], s["bare_labels"])
-    s["bare_optimizer"].zero_grad(set_to_none=True)
+        loss, _ = model(s["views"][a][0], s["views"][b][1], s["bare_labels"])
+    optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    s["bare_optimizer"].step()
+    optimizer.step()
 
 
-def time_steps(s: dict, warmup: int, steps: int) -> tuple[list[float], list[float]]:
-    """(trainer seconds, bare seconds) per timed iteration, interleaved, order alternating."""
-    trainer, device = s["trainer"], s["device"]
-    trainer_times, bare_times = [], []
+def time_steps(s: dict, warmup: int, steps: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Seconds per timed iteration of each loop (trainer, bare, and their compiled copies),
+    interleaved with the order rotating every iteration; and each loop's first (compiling) step."""
+    device, c = s["device"], s["compiled"]
+    loops = {
+        "trainer": lambda i: s["trainer"].step(i, s["train_batch"]),
+        "bare": lambda i: bare_step(s, i),
+    }
+    if c:
+        loops["trainer compiled"] = lambda i: c["trainer"].step(i, s["train_batch"])
+        loops["bare compiled"] = lambda i: bare_step(s, i, c["bare_model"], c["bare_optimizer"])
+    names = list(loops)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    first: dict[str, float] = {}
     for i in range(warmup + steps):
-        run_trainer = lambda: trainer.step(i, s["train_batch"])  # noqa: E731
-        run_bare = lambda: bare_step(s, i)  # noqa: E731
-        if i % 2 == 0:
-            t_trainer, t_bare = timed(run_trainer, device), timed(run_bare, device)
-        else:
-            t_bare, t_trainer = timed(run_bare, device), timed(run_trainer, device)
-        if i >= warmup:
-            trainer_times.append(t_trainer)
-            bare_times.append(t_bare)
-    return trainer_times, bare_times
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            t = timed(lambda: loops[name](i), device)
+            if i == 0:
+                first[name] = t
+            if i >= warmup:
+                times[name].append(t)
+    return times, first
 
 
 def time_views(s: dict, repeats: int) -> dict[str, list[float]]:
@@ -218,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     s = setup(args)
     settings, device = s["settings"], s["device"]
-    trainer_times, bare_times = time_steps(s, args.warmup, args.steps)
+    loop_times, first = time_steps(s, args.warmup, args.steps)
+    trainer_times, bare_times = loop_times["trainer"], loop_times["bare"]
     parts = time_views(s, args.repeats)
 
     t_trainer = statistics.median(trainer_times)
@@ -248,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
 
     row("bare PyTorch step (float views ready)", bare_times)
     row("Trainer.step (uint8 clips in memory)", trainer_times)
+    if "bare compiled" in loop_times:
+        row("bare PyTorch step, compiled", loop_times["bare compiled"])
+        row("Trainer.step, compiled", loop_times["trainer compiled"])
     row("Trainer.views (everything before the model)", parts["views"])
     row("  apply_colour x2 (upload, jitter, centring)", parts["colour"])
     row("  derivative_view x2 (the step's pair)", parts["derivative_view"])
@@ -264,6 +305,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{verdict(derivs <= VIEWS_TARGET)} (median), {verdict(derivs_min <= VIEWS_TARGET)} (min)")  # fmt: skip
     print(f"  everything before the model (Trainer.views, incl. the colour jitter done on the device): "
           f"median {100 * views_share:.2f}%, min/min {100 * views_share_min:.2f}%")
+    if "bare compiled" in loop_times:
+        med = {name: statistics.median(v) for name, v in loop_times.items()}
+        clips = 2 * s["batch"]  # two views per video
+        print(f"  clips/s (2 views x batch / median step): bare {clips / med['bare']:.1f}, trainer {clips / med['trainer']:.1f}, "
+              f"bare compiled {clips / med['bare compiled']:.1f}, trainer compiled {clips / med['trainer compiled']:.1f}")  # fmt: skip
+        print(f"  compiled vs eager: bare {med['bare'] / med['bare compiled']:.2f}x, trainer {med['trainer'] / med['trainer compiled']:.2f}x; "
+              f"compiled trainer = {100 * med['bare compiled'] / med['trainer compiled']:.1f}% of the compiled bare loop's rate "
+              f"(issue 15 GPU target >= 90%)")  # fmt: skip
+        print(f"  first step (includes compiling): bare {first['bare']:.2f} s, trainer {first['trainer']:.2f} s, "
+              f"bare compiled {first['bare compiled']:.2f} s, trainer compiled {first['trainer compiled']:.2f} s")  # fmt: skip
+    print(f"  load average: {os.getloadavg()}")
     return 0
 
 

@@ -82,8 +82,35 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
 
 
-def make_optimizer(model: torch.nn.Module, pretrain: dict) -> torch.optim.Optimizer:
-    """AdamW or SGD; no weight decay on biases and normalisation parameters (1-d tensors)."""
+def on_cuda_when_auto(switch, device: torch.device | str) -> bool:
+    """A `pretrain.compile` / `pretrain.fused_optimizer` switch: auto = on for CUDA, off elsewhere."""
+    if switch == "auto":
+        return torch.device(device).type == "cuda"
+    return bool(switch)
+
+
+def compile_model(model: torch.nn.Module, device: torch.device, switch="auto") -> list[str]:
+    """`torch.compile` the encoder, projector and predictor of `model` in place (nn.Module.compile:
+    parameter names, state_dicts and checkpoints stay as they are); returns the compiled names.
+
+    Default off on the CPU (compiling a small model there costs more than it saves); call it before
+    DistributedDataParallel wraps the model and after BatchNorm conversion. BYOL's target encoder is
+    only ever updated by EMA and run without grad: left eager.
+    """
+    if not on_cuda_when_auto(switch, device):
+        return []
+    names = []
+    for name in ("encoder", "projector", "predictor"):
+        module = getattr(model, name, None)
+        if isinstance(module, torch.nn.Module):
+            module.compile()
+            names.append(name)
+    return names
+
+
+def make_optimizer(model: torch.nn.Module, pretrain: dict, device: torch.device | str = "cpu") -> torch.optim.Optimizer:
+    """AdamW or SGD; no weight decay on biases and normalisation parameters (1-d tensors). AdamW uses
+    the fused kernel when `pretrain.fused_optimizer` says so (auto: on CUDA; same state_dict)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim > 1], "weight_decay": pretrain["weight_decay"]},
@@ -91,7 +118,8 @@ def make_optimizer(model: torch.nn.Module, pretrain: dict) -> torch.optim.Optimi
     ]
     if pretrain["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=pretrain["lr"], momentum=pretrain["momentum"])
-    return torch.optim.AdamW(groups, lr=pretrain["lr"])
+    fused = on_cuda_when_auto(pretrain.get("fused_optimizer", "auto"), device)
+    return torch.optim.AdamW(groups, lr=pretrain["lr"], **({"fused": True} if fused else {}))
 
 
 @dataclass
@@ -185,7 +213,8 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
 
     if world_size > 1:  # before the optimiser: on CPU (gloo) the converter builds new BatchNorm parameters
         model = convert_sync_batchnorm(model)
-    optimizer = make_optimizer(model, pre)
+    compile_model(model, device, pre.get("compile", "auto"))
+    optimizer = make_optimizer(model, pre, device)
     total = pre["steps"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, pre["warmup_steps"], pre["min_lr_ratio"])
