@@ -208,7 +208,8 @@ def _as_features(x, name: str) -> torch.Tensor:
         )
     if t.is_complex() or t.dtype == torch.bool:
         raise VididiError(f"{name} features must be real numbers, got dtype {t.dtype}")
-    if not torch.isfinite(t).all():
+    rows = max(1, (1 << 24) // t.shape[1])  # checked in blocks: no (items x dims) bool array at once
+    if not all(torch.isfinite(t[lo : lo + rows]).all() for lo in range(0, t.shape[0], rows)):
         raise VididiError(f"{name} features contain NaN or inf")
     return t
 
