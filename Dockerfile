@@ -45,11 +45,10 @@ RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir -c /opt/vididi/constraints.txt -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# The package (a small layer). vididi/config.schema.yaml is a symlink into workflow/schemas/, so its
-# target comes along; README.md is the package's long description. The checks after the install
-# fail the build if a dependency is inconsistent or a data file (schema, dataset registry) is missing.
+# The package (a small layer), with its data files (config schema, dataset registry); README.md is
+# the package's long description. The checks after the install fail the build if a dependency is
+# inconsistent or a data file (schema, dataset registry) is missing.
 COPY README.md /opt/vididi/
-COPY workflow/schemas/config.schema.yaml /opt/vididi/workflow/schemas/
 COPY vididi /opt/vididi/vididi
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /opt/vididi \
     && /opt/venv/bin/pip check \

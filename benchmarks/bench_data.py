@@ -33,12 +33,14 @@ import ffmpeg as ffmpeg_python  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vididi.config import resolve, shard_dir  # noqa: E402
+from vididi.config import resolve  # noqa: E402
 from vididi.data.augment import ClipAugment  # noqa: E402
+from vididi.data.clips import clip_frame_numbers, clip_span  # noqa: E402
 from vididi.data.extract import build_index, extract_shard, read_manifest, write_manifest  # noqa: E402
-from vididi.data.loader import StepBatches, TrainClips, clip_frame_numbers, clip_span, loader  # noqa: E402
+from vididi.data.ffmpeg import encode_h264, ffmpeg_binary  # noqa: E402
+from vididi.data.loader import StepBatches, TrainClips, loader  # noqa: E402
 from vididi.data.shards import DatasetIndex, FrameReader  # noqa: E402
-from vididi.ffmpeg import encode_h264, ffmpeg_binary  # noqa: E402
+from vididi.layout import shard_dir  # noqa: E402
 
 CLIP = {"frames": 16, "stride": 2, "size": 112, "eval_clips": 2, "sigma_clips": 16}
 CLASSES = ("alpha", "beta", "gamma", "delta")

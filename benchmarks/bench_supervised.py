@@ -29,9 +29,9 @@ import torch  # noqa: E402
 from vididi import config as cfgmod  # noqa: E402
 from vididi.data.loader import EvalClips, StepBatches, TrainClips, loader  # noqa: E402
 from vididi.data.shards import DatasetIndex  # noqa: E402
-from vididi.features import FrameEncoder  # noqa: E402
-from vididi.schedule import BalancedSchedule  # noqa: E402
-from vididi.train import StepInput, Trainer, build_model, lr_factor, make_optimizer  # noqa: E402
+from vididi.ssl.encoder import FrameEncoder  # noqa: E402
+from vididi.ssl.schedule import BalancedSchedule  # noqa: E402
+from vididi.ssl.trainer import StepInput, Trainer, build_model, lr_factor, make_optimizer  # noqa: E402
 
 TARGET = 0.80
 

@@ -50,17 +50,10 @@ import torch  # noqa: E402
 
 from vididi import config as cfgmod  # noqa: E402
 from vididi.data.augment import apply_colour, colour_jitter_map  # noqa: E402
-from vididi.derivatives import derivative_view, measure_sigma, to_float  # noqa: E402
-from vididi.schedule import BalancedSchedule  # noqa: E402
-from vididi.train import (  # noqa: E402
-    StepInput,
-    Trainer,
-    build_model,
-    compile_model,
-    lr_factor,
-    make_optimizer,
-    resolve_device,
-)  # fmt: skip
+from vididi.ssl.derivatives import derivative_view, measure_sigma, to_float  # noqa: E402
+from vididi.ssl.encoder import resolve_device  # noqa: E402
+from vididi.ssl.schedule import BalancedSchedule  # noqa: E402
+from vididi.ssl.trainer import StepInput, Trainer, build_model, compile_model, lr_factor, make_optimizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OVERHEAD_TARGET = 0.05  # trainer step <= 1.05 x bare step

@@ -91,10 +91,10 @@ def tiny_config(workdir: Path, **overrides) -> dict:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """(config, DatasetIndex) of the tiny synthetic dataset: generated, extracted and indexed once."""
-    from vididi.config import raw_dir
-    from vididi.data.extract import build_index, extract_shard, read_manifest, write_manifest
+    from vididi.data.extract import build_index, extract_shard, write_manifest
     from vididi.data.shards import DatasetIndex
     from vididi.data.synthetic import generate
+    from vididi.layout import raw_dir, read_manifest
 
     workdir = tmp_path_factory.mktemp("tiny")
     config = tiny_config(workdir)
@@ -104,6 +104,6 @@ def tiny_data(tmp_path_factory):
     for shard in range(read_manifest(config, "synthetic")["n_shards"]):
         extract_shard(config, "synthetic", shard)
     build_index(config, "synthetic")
-    from vididi.config import shard_dir
+    from vididi.layout import shard_dir
 
     return config, DatasetIndex.load(shard_dir(config, "synthetic"))

@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import silhouette_score
 from torch import nn
 
-from vididi.analysis import attention_share, grad_cam, silhouette, top_classes, tsne_2d
+from vididi.evaluation.analysis import attention_share, grad_cam, silhouette, top_classes, tsne_2d
 from vididi.utils import VididiError
 
 torch.set_num_threads(1)

@@ -254,8 +254,6 @@ def test_conda_env_pip_section_resolves_to_the_installed_versions(tmp_path):
     for name in ("pyproject.toml", "README.md", "constraints.txt"):
         shutil.copy(REPO / name, repo / name)
     shutil.copytree(REPO / "vididi", repo / "vididi", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "workflow" / "schemas").mkdir(parents=True)
-    shutil.copy(REPO / "workflow" / "schemas" / "config.schema.yaml", repo / "workflow" / "schemas")
     requirements = tmp_path / "condaenv.requirements.txt"
     requirements.write_text("\n".join(conda_env()[1]) + "\n")
     done = subprocess.run(
@@ -307,14 +305,14 @@ def test_profiles_parse_and_name_the_expected_keys():
     pretrain = per_rule["pretrain"]
     assert "gpu" not in pretrain, "the number of GPUs comes from the config (pretrain.gpus) through the rule"
     assert pretrain["tasks_per_gpu"] == 0 and pretrain["slurm_partition"] and pretrain["cpus_per_gpu"] >= 1
-    for rule in ("pretrain", "features", "analysis"):
+    for rule in ("pretrain", "features", "attention"):
         assert per_rule[rule]["slurm_partition"] == pretrain["slurm_partition"], rule
 
 
 # --------------------------------------------------------------------------------------------------
 # dry runs of the paper configs
 
-TRIMMED_METRICS = ("retrieval", "probe")  # + the analysis job
+TRIMMED_METRICS = ("retrieval", "probe")  # + the attention job
 SOURCE_KIND = {"ucf101": "trimmed", "hmdb51": "trimmed", "kinetics400": "trimmed", "thumos14": "untrimmed"}
 FIGURES = ("derivatives", "tsne", "attention", "curves", "bars")
 
@@ -333,7 +331,7 @@ def expected_jobs(paper: dict) -> dict[str, int]:
         "pretrain": runs,
         "features": runs * len(evals) + own,
         "metric": runs * sum(len(TRIMMED_METRICS) if k == "trimmed" else 1 for k in kinds),
-        "analysis": runs * kinds.count("trimmed") + own,
+        "attention": runs * kinds.count("trimmed") + own,
         "summary": 1, "figure": len(FIGURES), "all": 1,
     }  # fmt: skip
 
@@ -358,7 +356,7 @@ def test_paper_config_dry_run_builds_the_whole_dag(name, dry_runs):
     assert all(f"-m torch.distributed.run --standalone --nproc_per_node {gpus} " in cmd for _, cmd in pretrain), pretrain[0]
     if name == "paper-ucf101":  # planned under the SLURM profile: one sbatch job holding all GPUs in one task
         assert all(res["gpu"] == str(gpus) and res["tasks_per_gpu"] == "0" for res, _ in pretrain), pretrain[0][0]
-        assert all(res.get("gpu") == "1" for rule, res, _ in jobs if rule in ("features", "analysis"))
+        assert all(res.get("gpu") == "1" for rule, res, _ in jobs if rule in ("features", "attention"))
     else:  # the default profile: GPU jobs one at a time on a workstation
         assert all(res["gpu"] == "1" for res, _ in pretrain), pretrain[0][0]
 
@@ -401,8 +399,8 @@ def bright_centre(frame: np.ndarray) -> np.ndarray:
 
 def test_folder_dataset_through_manifest_extract_index(tmp_path):
     from vididi.cli import main
+    from vididi.data.ffmpeg import encode_h264
     from vididi.data.shards import DatasetIndex, FrameReader
-    from vididi.ffmpeg import encode_h264
 
     rng = np.random.default_rng(7)
     truth = {}

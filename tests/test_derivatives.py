@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from vididi.derivatives import derivative, derivative_view, measure_sigma, to_float
+from vididi.ssl.derivatives import derivative, derivative_view, measure_sigma, to_float
 from vididi.utils import VididiError
 
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from vididi.detection import (
+from vididi.evaluation.detection import (
     Segment,
     average_precision,
     mean_average_precision,

@@ -1,7 +1,7 @@
 """The whole pipeline through a REAL Snakemake run on a tiny config (CPU, 2 cores, a few minutes at most).
 
 generate -> manifest -> extract -> index -> pretrain base + ViDiDi (2 steps) -> features ->
-retrieval / probe / detection -> analysis -> summary -> figures, every rule a `vididi <stage>` process.
+retrieval / probe / detection -> attention -> summary -> figures, every rule a `vididi <stage>` process.
 Then: nothing left to do; `snakemake --report` writes one self-contained HTML file embedding the figures
 (byte for byte), their captions and the summary table; `--forcerun summary` redoes the summary and
 what is drawn from it (the bars figure), nothing upstream.
@@ -24,8 +24,8 @@ RUNS = ["vicreg-base-small3d-s0", "vicreg-vididi-small3d-s0"]
 FIGURES = ["derivatives", "tsne", "attention", "curves", "bars"]
 METRIC_COLUMNS = ["R@1", "R@5", "R@10", "R@20", "R@50", "probe_top1", "probe_top5", "det_mAP@0.5", "det_mAP_mean",
                   "silhouette", "object_attention"]  # fmt: skip
-RUN_STAGES = ["pretrain", "features", "retrieval", "probe", "detection", "analysis"]  # log stem -> CLI stage
-CLI_STAGE = {"analysis": "attention"}
+RUN_STAGES = ["pretrain", "features", "retrieval", "probe", "detection", "attention"]  # log stem -> CLI stage
+CLI_STAGE: dict[str, str] = {}
 
 
 def e2e_config() -> dict:

@@ -1,4 +1,4 @@
-"""The metric stages (vididi/evaluate.py: retrieval, probe, detection) and the CLI guard around them.
+"""The metric stages (vididi/stages/{retrieval,probe,detection}.py) and the CLI guard around them.
 
 What is checked, and against what:
 - every stage writes metric JSON with metrics, protocol, config_hash (= hash of the stored settings),
@@ -16,6 +16,7 @@ What is checked, and against what:
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 
@@ -27,12 +28,15 @@ import yaml
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-import vididi.evaluate as evaluate
-import vididi.probe as probe_module
-from vididi.config import deep_update, expand_runs, resolve, run_dir
-from vididi.detection import Segment, mean_average_precision, read_thumos14_detections
-from vididi.features import extract_features
-from vididi.train import pretrain
+import vididi.evaluation.probe as probe_module
+import vididi.stages.detection as detection_stage
+from vididi.config import deep_update, expand_runs, resolve
+from vididi.evaluation.detection import Segment, mean_average_precision, read_thumos14_detections
+from vididi.layout import run_dir
+from vididi.stages.features import main as extract_features
+from vididi.stages.pretrain import main as pretrain
+from vididi.stages.probe import main as probe_stage
+from vididi.stages.retrieval import main as retrieval_stage
 from vididi.utils import VididiError, config_hash
 
 DS = "synthetic"
@@ -97,7 +101,7 @@ def hand_recall(query, query_labels, gallery, gallery_labels, k: int) -> float:
 
 def test_retrieval_recall_of_the_stored_features(trained):
     config, run, _ = trained
-    data = read_metric_file(evaluate.retrieval(config, run, DS))
+    data = read_metric_file(retrieval_stage(config, run, DS))
     f = stored(config, run)
     ks = [1, 5, 10, 20, 50]
     assert list(data["metrics"]) == [f"R@{k}" for k in ks]
@@ -125,7 +129,7 @@ def test_probe_selects_C_on_train_features_only(trained, monkeypatch):
         return real(train_x, train_y, *args, **kwargs)
 
     monkeypatch.setattr(probe_module, "select_regularisation", spy)
-    data = read_metric_file(evaluate.probe(config, run, DS))
+    data = read_metric_file(probe_stage(config, run, DS))
     f = stored(config, run)
     (x, y), = calls
     np.testing.assert_array_equal(x, f["train"]["features"].astype(np.float64))
@@ -193,15 +197,15 @@ def test_detection_trains_on_train_windows_and_scores_its_detections_file(traine
             fits.append((np.asarray(X).copy(), np.asarray(y).copy()))
             return super().fit(X, y, *args, **kwargs)
 
-    real_select = evaluate.select_regularisation
+    real_select = detection_stage.select_regularisation
 
     def spy_select(x, y, *args, **kwargs):
         selections.append((np.asarray(x).copy(), np.asarray(y).copy()))
         return real_select(x, y, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "LogisticRegression", SpyLogisticRegression)
-    monkeypatch.setattr(evaluate, "select_regularisation", spy_select)
-    out = evaluate.detection(config, run, DS)
+    monkeypatch.setattr(detection_stage, "LogisticRegression", SpyLogisticRegression)
+    monkeypatch.setattr(detection_stage, "select_regularisation", spy_select)
+    out = detection_stage.main(config, run, DS)
     data = read_metric_file(out)
 
     w = stored(config, run)["windows"]
@@ -250,7 +254,7 @@ def test_detection_without_untrimmed_videos_is_a_one_line_error(trained, tmp_pat
 
     other = copy_of_features(config, run, tmp_path, drop_windows)
     with pytest.raises(VididiError) as excinfo:
-        evaluate.detection(other, run, DS)
+        detection_stage.main(other, run, DS)
     one_line_error(excinfo, "untrimmed", DS)
     assert not (run_dir(other, run) / "metrics").exists()
 
@@ -265,7 +269,7 @@ def test_detection_needs_untrimmed_videos_in_both_subsets(trained, tmp_path):
 
     other = copy_of_features(config, run, tmp_path, all_train)
     with pytest.raises(VididiError) as excinfo:
-        evaluate.detection(other, run, DS)
+        detection_stage.main(other, run, DS)
     one_line_error(excinfo, "both train and test")
 
 
@@ -278,7 +282,7 @@ def test_trimmed_metrics_without_trimmed_videos_are_a_one_line_error(trained, tm
 
     other = copy_of_features(config, run, tmp_path, drop_videos)
     with pytest.raises(VididiError) as excinfo:
-        getattr(evaluate, stage)(other, run, DS)
+        importlib.import_module(f"vididi.stages.{stage}").main(other, run, DS)
     one_line_error(excinfo, "train/test")
 
 
@@ -286,7 +290,7 @@ def test_missing_features_file_is_a_one_line_error(trained, tmp_path):
     config, run, _ = trained
     other = resolve(deep_update(config, {"results_dir": str(tmp_path / "results")}))
     with pytest.raises(VididiError) as excinfo:
-        evaluate.retrieval(other, run, DS)
+        retrieval_stage(other, run, DS)
     one_line_error(excinfo, "features", "not found")
 
 

@@ -21,11 +21,11 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_config
-from vididi.config import raw_dir, shard_dir
 from vididi.data import extract as extract_mod
-from vididi.data.extract import build_index, extract_shard, read_manifest, write_manifest
+from vididi.data.extract import build_index, extract_shard, write_manifest
+from vididi.data.ffmpeg import DecodedVideo, decode, ffmpeg_binary
 from vididi.data.shards import DatasetIndex, FrameReader, ShardWriter, read_video_table
-from vididi.ffmpeg import DecodedVideo, decode, ffmpeg_binary
+from vididi.layout import raw_dir, read_manifest, shard_dir
 from vididi.utils import VididiError
 
 DS = "synthetic"

@@ -24,10 +24,12 @@ import pytest
 import torch
 from torch import nn
 
-from vididi.config import expand_runs, run_dir
+from vididi.config import expand_runs
 from vididi.data.shards import FrameReader
-from vididi.features import FrameEncoder, extract_features, prepare_encoder, read_features, recalibrate_batchnorm
-from vididi.train import pretrain
+from vididi.layout import read_features, run_dir
+from vididi.ssl.encoder import FrameEncoder, prepare_encoder, recalibrate_batchnorm
+from vididi.stages.features import main as extract_features
+from vididi.stages.pretrain import main as pretrain
 from vididi.utils import VididiError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -207,7 +209,7 @@ def checkpoint_buffers(config, run) -> dict[str, torch.Tensor]:
 
 
 def test_prepare_encoder_recalibrates_on_order0_train_clips(trained, monkeypatch):
-    import vididi.features as features_module
+    import vididi.ssl.encoder as features_module
 
     config, run, index, _ = trained
     chosen = []

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vididi import ffmpeg
-from vididi.ffmpeg import decode, encode_h264
+from vididi.data import ffmpeg
+from vididi.data.ffmpeg import decode, encode_h264
 from vididi.utils import VididiError
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The analysis stage (vididi/analyze.py) and the figures (vididi/figures.py) on two tiny trained runs.
+"""The attention stage (vididi/stages/attention.py) and the figures (vididi/stages/figures.py) on two tiny trained runs.
 
 One module fixture runs the stages in process on the shared tiny data: pretrain VICReg base and ViDiDi
 (3 steps each), features, retrieval / probe / detection, analysis, summary. Then:
@@ -22,15 +22,18 @@ import pytest
 import torch
 from PIL import Image
 
-from vididi import evaluate
-from vididi.analysis import silhouette
-from vididi.analyze import analyse, object_masks
-from vididi.config import available_figures, expand_runs, raw_dir, run_dir
+from vididi.config import available_figures, expand_runs
 from vididi.data.shards import FrameReader
-from vididi.features import extract_features
-from vididi.figures import FIGURES, make_figure
-from vididi.summary import write_summary
-from vididi.train import pretrain
+from vididi.evaluation.analysis import silhouette
+from vididi.layout import raw_dir, run_dir
+from vididi.names import FIGURES
+from vididi.stages import detection, probe, retrieval
+from vididi.stages.attention import main as analyse
+from vididi.stages.attention import object_masks
+from vididi.stages.features import main as extract_features
+from vididi.stages.figures import main as make_figure
+from vididi.stages.pretrain import main as pretrain
+from vididi.stages.summary import main as write_summary
 from vididi.utils import VididiError
 
 DS = "synthetic"
@@ -63,8 +66,8 @@ def pipeline(tiny_data, tmp_path_factory):
     for run in expand_runs(config):
         pretrain(config, run)
         extract_features(config, run, DS)
-        for stage in ("retrieval", "probe", "detection"):
-            getattr(evaluate, stage)(config, run, DS)
+        for stage in (retrieval, probe, detection):
+            stage.main(config, run, DS)
         analyse(config, run, DS)
     write_summary(config, DS)
     return config, tiny_data[1]

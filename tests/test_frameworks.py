@@ -17,9 +17,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from vididi.distributed import GlobalBatchNorm, convert_sync_batchnorm, gather, is_main, world
-from vididi.frameworks import BYOL, build_framework, framework_options
-from vididi.models import build_backbone
+from vididi.ssl.distributed import GlobalBatchNorm, convert_sync_batchnorm, gather, is_main, world
+from vididi.ssl.frameworks import BYOL, build_framework, framework_options
+from vididi.ssl.models import build_backbone
 from vididi.utils import VididiError
 
 torch.set_num_threads(1)

@@ -9,15 +9,8 @@ import pytest
 import torch
 
 from vididi.data.augment import IDENTITY_COLOUR, LUMA, ClipAugment, apply_colour, colour_jitter_map, random_resized_crop_box
-from vididi.data.loader import (
-    EvalClips,
-    StepBatches,
-    TrainClips,
-    WindowClips,
-    clip_frame_numbers,
-    loader,
-    window_starts,
-)
+from vididi.data.clips import clip_frame_numbers, window_starts
+from vididi.data.loader import EvalClips, StepBatches, TrainClips, WindowClips, loader
 from vididi.data.shards import FrameReader
 from vididi.utils import VididiError
 

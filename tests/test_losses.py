@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from vididi.losses import byol, byol_tau, nt_xent, vicreg
+from vididi.ssl.losses import byol, byol_tau, nt_xent, vicreg
 
 # ---------------------------------------------------------------- references written with loops
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from vididi.models import BACKBONES, Block2Plus1d, build_backbone, count_parameters, mlp_head
+from vididi.ssl.models import BACKBONES, Block2Plus1d, build_backbone, count_parameters, mlp_head
 from vididi.utils import VididiError
 
 torch.set_num_threads(1)

@@ -5,8 +5,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-import vididi.probe as probe
-from vididi.probe import linear_probe, select_regularisation, stratified_split, top_k_accuracy
+import vididi.evaluation.probe as probe
+from vididi.evaluation.probe import linear_probe, select_regularisation, stratified_split, top_k_accuracy
 from vididi.utils import VididiError
 
 SMALL_CS = (0.01, 1.0, 100.0)

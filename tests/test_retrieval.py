@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vididi.retrieval import first_hit_ranks, recall_at_k, recall_from_ranks
+from vididi.evaluation.retrieval import first_hit_ranks, recall_at_k, recall_from_ranks
 from vididi.utils import VididiError
 
 

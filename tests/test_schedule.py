@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from vididi.schedule import PRESETS, BalancedSchedule, resolve_pairs
+from vididi.ssl.schedule import PRESETS, BalancedSchedule, resolve_pairs
 from vididi.utils import VididiError
 
 

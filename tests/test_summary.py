@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from vididi.summary import write_summary
+from vididi.stages.summary import main as write_summary
 from vididi.utils import VididiError
 
 DS = "synthetic"

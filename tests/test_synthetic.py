@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from vididi.config import deep_update, raw_dir
+from vididi.config import deep_update
+from vididi.data.ffmpeg import decode
 from vididi.data.splits import list_dataset
 from vididi.data.synthetic import DYNAMICS, generate
-from vididi.ffmpeg import decode
+from vididi.layout import raw_dir
 from vididi.utils import VididiError
 
 MICRO = {  # 2 classes x 2 groups x 1 clip + 1 + 1 untrimmed videos: a dataset in about a second

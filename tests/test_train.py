@@ -32,11 +32,12 @@ import pytest
 import torch
 import yaml
 
-from vididi.config import expand_runs, pretrain_settings, run_dir
-from vididi.frameworks import VICReg
-from vididi.models import build_backbone
-from vididi.schedule import BalancedSchedule
-from vididi.train import build_model, lr_factor, make_optimizer, pretrain
+from vididi.config import expand_runs, pretrain_settings
+from vididi.layout import run_dir
+from vididi.ssl.frameworks import VICReg
+from vididi.ssl.models import build_backbone
+from vididi.ssl.schedule import BalancedSchedule
+from vididi.ssl.trainer import build_model, lr_factor, make_optimizer, pretrain
 from vididi.utils import VididiError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -208,7 +209,7 @@ def test_train_log_rows_columns_pairs_and_lr(trained, tiny_data, framework, vari
 
 @pytest.mark.parametrize("framework,variant", [("vicreg", "vididi"), ("supervised", "base")])
 def test_final_checkpoint_loads_with_weights_only(trained, framework, variant):
-    from vididi.train import load_encoder
+    from vididi.ssl.encoder import load_encoder
 
     config = trained(framework, variant)
     out = run_dir(config, only_run(config))
@@ -253,7 +254,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, tiny_dat
 
     # Stop a run whose total is 8 (the lr schedule depends on it) at the start of step 5: step 4 ran
     # and was logged, but only step 4's checkpoint (4 steps done) exists.
-    from vididi import train
+    from vididi.ssl import trainer as train
 
     resumed = make_config(tmp_path / "resumed", tiny_data, framework, variant, **RESUME_RUN)
     real_step = train.Trainer.step
@@ -409,7 +410,7 @@ def test_checkpoint_of_other_settings_is_moved_aside_and_training_starts_over(tm
 
 
 def test_unreadable_checkpoint_is_moved_aside(tmp_path, tiny_data, monkeypatch):
-    from vididi import train
+    from vididi.ssl import trainer as train
 
     config = make_config(tmp_path, tiny_data, "simclr", "base", steps=3, batch_size=4, checkpoint_every=1)
     ckpt_dir = run_dir(config, only_run(config)) / "checkpoints"

@@ -1,38 +1,44 @@
 """`vididi <stage> --config config.yaml ...`: every pipeline stage, callable alone.
 
-Each Snakemake rule is a thin shell call of one of these. Bad input (config, files, videos) ends
+Each stage is one module, `vididi/stages/<stage>.py`, with one entry point `main`; this CLI parses
+the arguments, loads the config and looks the stage up. Each Snakemake rule is a thin shell call of
+one stage. Bad input (config, files, videos) ends
 with one line `vididi <stage>: error: ...` and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
 
+from .names import FIGURES, METRIC_STAGES
 from .utils import VididiError, get_logger
 
-STAGES: dict[str, tuple[str, list[str]]] = {
-    # name: (help, extra arguments)
-    "generate": ("generate the synthetic dataset's videos", ["dataset", "workers"]),
-    "download": ("download and unpack a real dataset (resumable, checksummed)", ["dataset"]),
-    "manifest": ("list a dataset's videos and assign them to shards", ["dataset"]),
-    "extract": ("decode one shard's videos into an HDF5 shard", ["dataset", "shard"]),
-    "index": ("index the shards; list bad videos; measure derivative scales", ["dataset"]),
-    "pretrain": ("pretrain one run (resumes from its last checkpoint)", ["dataset", "run"]),
-    "features": ("extract frozen features of one run on one evaluation dataset", ["dataset", "run", "eval_dataset"]),
-    "retrieval": ("kNN video retrieval (Recall@k)", ["dataset", "run", "eval_dataset"]),
-    "probe": ("linear probe (top-1 / top-5)", ["dataset", "run", "eval_dataset"]),
-    "detection": ("temporal action detection (mAP at tIoU 0.3:0.7)", ["dataset", "run", "eval_dataset"]),
-    "attention": ("silhouette, Grad-CAM attention maps and object-attention share", ["dataset", "run", "eval_dataset"]),
-    "summary": ("summary table of all runs of a dataset", ["dataset"]),
-    "figures": ("figures of a dataset's runs", ["dataset", "figure"]),
+# stage -> (help, the keyword arguments of its entry point `vididi.stages.<stage>.main`); the
+# stage names come from names.STAGES (a test checks that both agree)
+STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "generate": ("generate the synthetic dataset's videos", ("dataset", "workers")),
+    "download": ("download and unpack a real dataset (resumable, checksummed)", ("dataset",)),
+    "manifest": ("list a dataset's videos and assign them to shards", ("dataset",)),
+    "extract": ("decode one shard's videos into an HDF5 shard", ("dataset", "shard")),
+    "index": ("index the shards; list bad videos; measure derivative scales", ("dataset",)),
+    "pretrain": ("pretrain one run (resumes from its last checkpoint)", ("run",)),
+    "features": ("extract frozen features of one run on one evaluation dataset", ("run", "eval_dataset")),
+    "retrieval": ("kNN video retrieval (Recall@k)", ("run", "eval_dataset")),
+    "probe": ("linear probe (top-1 / top-5)", ("run", "eval_dataset")),
+    "detection": ("temporal action detection (mAP at tIoU 0.3:0.7)", ("run", "eval_dataset")),
+    "attention": ("silhouette, Grad-CAM attention maps and object-attention share", ("run", "eval_dataset")),
+    "summary": ("summary table of all runs of a dataset", ("dataset",)),
+    "figures": ("figures of a dataset's runs", ("dataset", "figure")),
 }
+TORCH_STAGES = ("index", "pretrain", "features", "attention", "figures")  # set torch's thread count first
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vididi", description="ViDiDi pipeline stages (see README.md)")
+    parser = argparse.ArgumentParser(prog="vididi", description="ViDiDi pipeline stages (see README.md and docs/design.md)")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (help_text, extra) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -53,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         if "eval_dataset" in extra:
             p.add_argument("--eval-dataset", required=True)
         if "figure" in extra:
-            p.add_argument("--figure", required=True, choices=["derivatives", "tsne", "attention", "curves", "bars"])
+            p.add_argument("--figure", required=True, choices=FIGURES)
     return parser
 
 
@@ -84,66 +90,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, config: dict) -> None:
-    stage, dataset = args.stage, args.dataset
-    if stage == "generate":
-        from .config import raw_dir
-        from .data.synthetic import generate
-
-        ds = config["datasets"][dataset]
-        if ds["source"] != "synthetic":
-            raise VididiError(f"dataset {dataset} is not synthetic (source: {ds['source']}); use `vididi download`")
-        generate(raw_dir(config, dataset), ds["synthetic"], seed=ds["seed"], workers=args.workers or config["threads"])
-    elif stage == "download":
-        from .data.extract import download
-
-        download(config, dataset)
-    elif stage == "manifest":
-        from .data.extract import write_manifest
-
-        write_manifest(config, dataset)
-    elif stage == "extract":
-        from .data.extract import extract_shard
-
-        extract_shard(config, dataset, args.shard)
-    elif stage == "index":
-        from .data.extract import build_index
-
-        _torch_threads(config)
-        build_index(config, dataset)
-    elif stage == "pretrain":
-        from .train import pretrain
-
-        _torch_threads(config)
-        pretrain(config, _run(config, args))
-    elif stage == "features":
-        from .features import extract_features
-
-        _torch_threads(config)
-        extract_features(config, _run(config, args), _eval_dataset(config, args))
-    elif stage in ("retrieval", "probe", "detection"):
-        from . import evaluate
+    """One registry lookup: `vididi.stages.<stage>.main` with the arguments the stage declares."""
+    stage = args.stage
+    kwargs = {"dataset": args.dataset}
+    for name in STAGES[stage][1]:
+        if name == "run":
+            kwargs["run"] = _run(config, args)
+        elif name == "eval_dataset":
+            kwargs["eval_dataset"] = _eval_dataset(config, args)
+        elif name != "dataset":
+            kwargs[name] = getattr(args, name)
+    if "run" in kwargs:
+        del kwargs["dataset"]  # a run knows its dataset
+    if stage in METRIC_STAGES:
         from .config import metric_stages
 
-        run, eval_dataset = _run(config, args), _eval_dataset(config, args)
-        if stage not in metric_stages(config, eval_dataset):
-            raise VididiError(f"{stage} does not apply to {eval_dataset} (it has: {', '.join(metric_stages(config, eval_dataset))})")
-        getattr(evaluate, stage)(config, run, eval_dataset)
-    elif stage == "attention":
-        from .analyze import analyse
-
+        applies = metric_stages(config, kwargs["eval_dataset"])
+        if stage not in applies:
+            raise VididiError(f"{stage} does not apply to {kwargs['eval_dataset']} (it has: {', '.join(applies)})")
+    if stage in TORCH_STAGES:
         _torch_threads(config)
-        analyse(config, _run(config, args), _eval_dataset(config, args))
-    elif stage == "figures":
-        from .figures import make_figure
-
-        _torch_threads(config)
-        make_figure(config, dataset, args.figure)
-    elif stage == "summary":
-        from .summary import write_summary
-
-        write_summary(config, dataset)
-    else:  # every stage in STAGES is handled above
-        raise AssertionError(f"unhandled stage {stage}")
+    importlib.import_module(f"{__package__}.stages.{stage}").main(config, **kwargs)
 
 
 def _run(config: dict, args: argparse.Namespace):

@@ -15,10 +15,10 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
+from .names import BACKBONES, COMPARISON_FIGURES, FIGURES
 from .utils import VididiError, config_hash
 
-SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")  # symlink to workflow/schemas/
-BACKBONES = ("small3d", "r3d_18", "r2plus1d_18", "mc3_18", "s3d")
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")  # package data; the Snakefile validates with it too
 TRIMMED_SOURCES = ("synthetic", "ucf101", "hmdb51", "kinetics400", "folder")  # have labelled clips
 UNTRIMMED_SOURCES = ("synthetic", "thumos14")  # have untrimmed videos with segments
 NO_TRAINING = "random"  # framework: the randomly initialised encoder (the floor)
@@ -268,7 +268,7 @@ def _check_references(config: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Paths and per-stage settings (what each output depends on, for hashing and metric files)
+# Per-stage settings (what each output depends on, for hashing and metric files); paths: layout.py
 
 
 def has_trimmed(config: dict, dataset: str) -> bool:
@@ -306,28 +306,9 @@ def comparison_runs(config: dict, dataset: str) -> tuple[Run, Run] | None:
 
 
 def available_figures(config: dict, dataset: str) -> list[str]:
-    names = ["derivatives", "curves", "bars"]
-    if comparison_runs(config, dataset):
-        names[1:1] = ["tsne", "attention"]
-    return names
-
-
-def raw_dir(config: dict, dataset: str) -> Path:
-    root = config["datasets"][dataset]["root"]
-    return Path(root) if root else Path(config["data_dir"]) / "raw" / dataset
-
-
-def shard_dir(config: dict, dataset: str) -> Path:
-    return Path(config["data_dir"]) / "shards" / dataset
-
-
-def data_log_dir(config: dict, dataset: str) -> Path:
-    """The data stage's logs; Snakemake keeps them when a job fails (and deletes the job's outputs)."""
-    return Path(config["data_dir"]) / "logs" / dataset
-
-
-def run_dir(config: dict, run: Run) -> Path:
-    return Path(config["results_dir"]) / run.dataset / "runs" / run.name
+    """The figures of names.FIGURES that `dataset`'s runs can draw (in that order)."""
+    comparison = comparison_runs(config, dataset) is not None
+    return [name for name in FIGURES if comparison or name not in COMPARISON_FIGURES]
 
 
 def raw_settings(config: dict, dataset: str) -> dict:

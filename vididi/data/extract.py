@@ -15,7 +15,6 @@ with its reason; the index stage fails only when more than `max_bad_fraction` of
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from pathlib import Path
@@ -24,8 +23,10 @@ import h5py
 import numpy as np
 
 from .. import config as cfgmod
-from ..ffmpeg import decode
+from .. import layout
+from ..layout import read_manifest
 from ..utils import VididiError, atomic_path, progress, write_json, write_text
+from .ffmpeg import decode
 from .shards import DatasetIndex, FrameReader, ShardWriter, format_splits, read_video_table
 from .splits import list_dataset
 
@@ -37,10 +38,10 @@ def dataset_root(config: dict, dataset: str) -> Path:
     """Where the listing starts: the user's `root`, the generated folder, or the unpacked download."""
     ds = config["datasets"][dataset]
     if ds["root"] or ds["source"] in ("synthetic", "folder"):
-        return cfgmod.raw_dir(config, dataset)
+        return layout.raw_dir(config, dataset)
     from .download import load_registry
 
-    return cfgmod.raw_dir(config, dataset) / load_registry()[ds["source"]].root
+    return layout.raw_dir(config, dataset) / load_registry()[ds["source"]].root
 
 
 def download(config: dict, dataset: str) -> Path:
@@ -52,11 +53,11 @@ def download(config: dict, dataset: str) -> Path:
     ds = config["datasets"][dataset]
     if ds["source"] in ("synthetic", "folder"):
         raise VididiError(f"dataset {dataset} ({ds['source']}) has nothing to download")
-    downloads = Path(config["data_dir"]) / "downloads" / dataset
-    raw = cfgmod.raw_dir(config, dataset)
-    fetch_dataset(ds["source"], downloads, raw, lock_file=downloads / "checksums.lock.json",
+    downloads = layout.downloads_dir(config, dataset)
+    raw = layout.raw_dir(config, dataset)
+    fetch_dataset(ds["source"], downloads, raw, lock_file=layout.checksums_lock(config, dataset),
                   password=os.environ.get("VIDIDI_ARCHIVE_PASSWORD"))  # fmt: skip
-    marker = raw / ".downloaded"
+    marker = layout.download_marker(config, dataset)
     write_text(marker, f"{ds['source']}\n")
     return marker
 
@@ -89,17 +90,10 @@ def write_manifest(config: dict, dataset: str) -> Path:
         "missing": [list(m) for m in missing],
         "settings_hash": cfgmod.settings_hash(cfgmod.data_settings(config, dataset)),
     }
-    out = cfgmod.shard_dir(config, dataset) / "manifest.json"
+    out = layout.manifest_file(config, dataset)
     write_json(out, manifest)
     log.info("%s: %d videos in %d shards (%d listed but missing)", dataset, len(videos), manifest["n_shards"], len(missing))
     return out
-
-
-def read_manifest(config: dict, dataset: str) -> dict:
-    path = cfgmod.shard_dir(config, dataset) / "manifest.json"
-    if not path.is_file():
-        raise VididiError(f"{path} not found: run `vididi manifest --dataset {dataset}` first")
-    return json.loads(path.read_text())
 
 
 def extract_shard(config: dict, dataset: str, shard: int) -> Path:
@@ -110,7 +104,7 @@ def extract_shard(config: dict, dataset: str, shard: int) -> Path:
     ext = config["datasets"][dataset]["extract"]
     root = Path(manifest["root"])
     entries = [v for v in manifest["videos"] if v["shard"] == shard]
-    out = cfgmod.shard_dir(config, dataset) / f"shard-{shard:05d}.h5"
+    out = layout.shard_file(config, dataset, shard)
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs.update(dataset=dataset, shard=shard, settings_hash=manifest["settings_hash"])
         writer = ShardWriter(h5, ext["encoding"], ext["jpeg_quality"])
@@ -125,21 +119,12 @@ def extract_shard(config: dict, dataset: str, shard: int) -> Path:
                     raise VididiError(f"truncated: decoded {count} of {video.expected_frames} frames")
             except VididiError as exc:
                 if writer.rows["video_id"] and writer.rows["video_id"][-1] == entry["video_id"]:
-                    _drop_last_video(writer)
+                    writer.drop_last_video()
                 reason = str(exc).removeprefix(f"{root / entry['path']}: ")
                 writer.add_bad(entry["video_id"], entry["path"], reason)
                 log.warning("bad video %s: %s", entry["path"], reason)
         writer.close()
     return out
-
-
-def _drop_last_video(writer: ShardWriter) -> None:
-    """Remove a video that decoded but failed a later check (e.g. truncated)."""
-    start = writer.rows["frame_start"][-1]
-    writer.data.resize((int(writer.offsets[start]),))
-    writer.offsets.resize((start + 1,))
-    for column in writer.rows.values():
-        column.pop()
 
 
 INDEX_COLUMNS = ("video_id", "shard", "frame_start", "n_frames", "height", "width", "fps", "label", "untrimmed", "splits")
@@ -149,11 +134,11 @@ def build_index(config: dict, dataset: str) -> Path:
     """Merge shard tables into index.tsv, collect bad videos, measure mean and derivative scales."""
     manifest = read_manifest(config, dataset)
     ds = config["datasets"][dataset]
-    folder = cfgmod.shard_dir(config, dataset)
+    folder = layout.shard_dir(config, dataset)
     rows = []
     bad = [(Path(path).with_suffix("").as_posix(), path, f"missing: {reason}") for path, reason in manifest["missing"]]
     for shard in range(manifest["n_shards"]):
-        path = folder / f"shard-{shard:05d}.h5"
+        path = layout.shard_file(config, dataset, shard)
         if not path.is_file():
             raise VididiError(f"{path} not found: run `vididi extract --dataset {dataset} --shard {shard}`")
         table, shard_bad = read_video_table(path)
@@ -163,7 +148,7 @@ def build_index(config: dict, dataset: str) -> Path:
 
     report = "video_id\tpath\treason\n" + "".join(f"{v}\t{p}\t{r}\n" for v, p, r in bad)
     # the copy beside the logs outlives a failure: Snakemake deletes a failed job's outputs, not its logs
-    kept_report = cfgmod.data_log_dir(config, dataset) / "bad_videos.tsv"
+    kept_report = layout.kept_bad_videos_file(config, dataset)
     write_text(kept_report, report)
     total = len(rows) + len(bad)
     limit = ds["extract"]["max_bad_fraction"]
@@ -172,11 +157,11 @@ def build_index(config: dict, dataset: str) -> Path:
             f"dataset {dataset}: {len(bad)} of {total} videos are missing or unreadable "
             f"(more than max_bad_fraction={limit}); see {kept_report}"
         )
-    write_text(folder / "bad_videos.tsv", report)
+    write_text(layout.bad_videos_file(config, dataset), report)
     lines = ["\t".join(INDEX_COLUMNS)]
     for r in rows:
         lines.append("\t".join(_cell(x) for x in r))
-    write_text(folder / "index.tsv", "\n".join(lines) + "\n")
+    write_text(layout.index_file(config, dataset), "\n".join(lines) + "\n")
 
     info = {
         "dataset": dataset,
@@ -188,13 +173,12 @@ def build_index(config: dict, dataset: str) -> Path:
         "settings_hash": manifest["settings_hash"],
         "stats": None,
     }
-    write_json(folder / "dataset.json", info)  # stats need the index to read clips
-    index = DatasetIndex.load(folder)
+    index = DatasetIndex.load(folder, info=info)  # reads clips through the new index.tsv
     info["stats"] = {split: measure_stats(dataclasses.replace(index, split=split), ds["clips"], seed=ds["seed"])
                      for split in index.split_names()}  # fmt: skip
-    write_json(folder / "dataset.json", info)
+    write_json(layout.info_file(config, dataset), info)
     log.info("%s: indexed %d videos (%d bad); stats %s", dataset, len(rows), len(bad), info["stats"])
-    return folder / "index.tsv"
+    return layout.index_file(config, dataset)
 
 
 def _cell(value) -> str:
@@ -212,8 +196,8 @@ def measure_stats(index: DatasetIndex, clips: dict, seed: int) -> dict:
     (METHOD.md: scaling by these constants keeps speed differences between videos).
     """
 
-    from ..derivatives import measure_sigma
-    from .loader import clip_frame_numbers
+    from ..ssl.derivatives import measure_sigma
+    from .clips import clip_frame_numbers
 
     train = index.select("train")
     if len(train) == 0:

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import ffmpeg as ffmpeg_python
 import numpy as np
 
-from .utils import VididiError, atomic_path
+from ..utils import VididiError, atomic_path
 
 
 @lru_cache(maxsize=None)

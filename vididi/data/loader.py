@@ -22,27 +22,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..utils import VididiError
 from .augment import ClipAugment, centre_crop
+from .clips import clip_frame_numbers, clip_span, uniform_starts, window_starts
 from .shards import DatasetIndex, FrameReader
-
-
-def clip_span(length: int, stride: int) -> int:
-    """Frames of the video covered by a clip of `length` frames at `stride`."""
-    return (length - 1) * stride + 1
-
-
-def clip_frame_numbers(n_frames: int, length: int, stride: int, start: int | None = None,
-                       rng: np.random.Generator | None = None) -> np.ndarray:  # fmt: skip
-    """Frame numbers of a clip; `start=None` draws a uniform random start. A video shorter than the
-    clip's span repeats its last frame (documented: rare on real datasets, absent on synthetic)."""
-    room = max(0, n_frames - clip_span(length, stride))
-    if start is None:
-        start = int(rng.integers(0, room + 1))
-    return np.minimum(start + stride * np.arange(length), n_frames - 1)
-
-
-def uniform_starts(n_frames: int, span: int, k: int) -> np.ndarray:
-    """K clip starts spread evenly from the first to the last possible position."""
-    return np.round(np.linspace(0, max(0, n_frames - span), k)).astype(np.int64)
 
 
 class TrainClips(Dataset):
@@ -118,14 +99,6 @@ class EvalClips(Dataset):
         clips = [centre_crop(self.reader.read(video, clip_frame_numbers(n, self.length, self.stride, s)), self.size)
                  for s in starts]  # fmt: skip
         return torch.stack(clips), int(self.index.label[video]), video
-
-
-def window_starts(n_frames: int, span: int, step: int) -> np.ndarray:
-    """Start frames of sliding windows covering the whole video (the last one flush with the end)."""
-    starts = np.arange(0, max(1, n_frames - span + 1), step)
-    if n_frames > span and starts[-1] != n_frames - span:
-        starts = np.append(starts, n_frames - span)
-    return starts
 
 
 class WindowClips(Dataset):

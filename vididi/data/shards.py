@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from ..layout import index_files, shard_name
 from ..utils import VididiError
 
 if TYPE_CHECKING:
@@ -94,6 +95,14 @@ class ShardWriter:
         self.offsets.resize((n + len(blobs),))
         self.offsets[n:] = end + np.cumsum(sizes)
 
+    def drop_last_video(self) -> None:
+        """Remove the last added video (one that decoded but failed a later check, e.g. truncated)."""
+        start = self.rows["frame_start"][-1]
+        self.data.resize((int(self.offsets[start]),))
+        self.offsets.resize((start + 1,))
+        for column in self.rows.values():
+            column.pop()
+
     def add_bad(self, video_id: str, path: str, reason: str) -> None:
         self.bad.append((video_id, path, reason))
 
@@ -153,18 +162,20 @@ class DatasetIndex:
     @classmethod
     def for_dataset(cls, config: dict, dataset: str) -> "DatasetIndex":
         """The index of a configured dataset, bound to its configured split."""
-        from ..config import shard_dir
+        from ..layout import shard_dir
 
         return cls.load(shard_dir(config, dataset), config["datasets"][dataset]["split"])
 
     @classmethod
-    def load(cls, root: str | Path, split: str = "1") -> "DatasetIndex":
+    def load(cls, root: str | Path, split: str = "1", info: dict | None = None) -> "DatasetIndex":
+        """The index of a shard folder; `info` instead of its dataset.json (the index stage, before
+        it writes dataset.json with the scales it measures through this index)."""
         root = Path(root)
-        index_file, info_file = root / "index.tsv", root / "dataset.json"
-        for f in (index_file, info_file):
+        index_file, info_file = index_files(root)
+        for f in (index_file, info_file) if info is None else (index_file,):
             if not f.is_file():
                 raise VididiError(f"{f} not found: run the extraction stage first (`vididi index`)")
-        info = json.loads(info_file.read_text())
+        info = json.loads(info_file.read_text()) if info is None else info
         lines = index_file.read_text().splitlines()
         header = lines[0].split("\t")
         rows = [line.split("\t") for line in lines[1:] if line]
@@ -192,7 +203,7 @@ class DatasetIndex:
         return sorted({name for s in self.splits for name in s})
 
     def shard_path(self, shard: int) -> Path:
-        return self.root / f"shard-{shard:05d}.h5"
+        return self.root / shard_name(shard)
 
     @property
     def stats(self) -> dict:

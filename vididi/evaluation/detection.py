@@ -339,6 +339,37 @@ def _interpolated_area(precision: np.ndarray, recall: np.ndarray) -> float:
     return float(np.sum((rec[steps] - rec[steps - 1]) * envelope[steps]))
 
 
+# ----------------------------------------------------------------------------- window classifier targets, detections
+
+
+def window_targets(windows: dict, is_train: np.ndarray, ground_truth: list[Segment], n_classes: int,
+                    min_overlap: float) -> np.ndarray:  # fmt: skip
+    """Window labels of the TRAIN windows (`is_train`) of each video: its class, or `n_classes` (background)."""
+    labels = np.empty(int(is_train.sum()), np.int64)
+    rows = np.flatnonzero(is_train)
+    vids = windows["video_ids"][rows]
+    for video in np.unique(vids):
+        mask = vids == video
+        segs = [g for g in ground_truth if g.video == video]
+        labels[mask] = window_labels(windows["start"][rows[mask]], windows["end"][rows[mask]], segs,
+                                     classes=list(range(n_classes)), min_overlap=min_overlap)  # fmt: skip
+    return labels
+
+
+def detect(windows: dict, rows_mask: np.ndarray, scores: np.ndarray, dcfg: dict) -> list[Segment]:
+    """Segments from each test video's per-class score curves at every threshold, then per-class NMS."""
+    rows = np.flatnonzero(rows_mask)
+    vids = windows["video_ids"][rows]
+    found: list[Segment] = []
+    for video in np.unique(vids):
+        local = np.flatnonzero(vids == video)
+        order = local[np.argsort(windows["start"][rows[local]], kind="stable")]
+        for threshold in dcfg["thresholds"]:
+            found += scores_to_segments(windows["start"][rows[order]], windows["end"][rows[order]],
+                                        scores[order], threshold, video=str(video))  # fmt: skip
+    return nms(found, dcfg["nms_iou"])
+
+
 # ----------------------------------------------------------------------------- files
 
 

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vididi.distributed import gather
-from vididi.losses import byol, byol_tau, nt_xent, vicreg
-from vididi.models import Backbone, mlp_head
+from vididi.ssl.distributed import gather
+from vididi.ssl.losses import byol, byol_tau, nt_xent, vicreg
+from vididi.ssl.models import Backbone, mlp_head
 from vididi.utils import VididiError
 
 Terms = dict[str, Tensor]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vididi.derivatives import ORDERS
+from vididi.ssl.derivatives import ORDERS
 from vididi.utils import VididiError
 
 Pair = tuple[int, int]

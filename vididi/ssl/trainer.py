@@ -38,26 +38,20 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from . import config as cfgmod
-from .data.augment import apply_colour
-from .data.loader import StepBatches, TrainClips, loader
-from .data.shards import DatasetIndex
+from .. import config as cfgmod
+from .. import layout
+from ..data.augment import apply_colour
+from ..data.loader import StepBatches, TrainClips, loader
+from ..data.shards import DatasetIndex
+from ..utils import VididiError, atomic_path, code_version, get_logger, machine, progress, write_json
 from .derivatives import derivative_view
 from .distributed import convert_sync_batchnorm, is_main, world
+from .encoder import resolve_device
 from .frameworks import Framework, build_framework
 from .models import build_backbone
 from .schedule import BalancedSchedule
-from .utils import VididiError, atomic_path, code_version, get_logger, machine, progress, write_json
 
 log = get_logger()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise VididiError("device: cuda was asked for but no GPU is visible (set device: auto or cpu)")
-    return torch.device(name)
 
 
 def build_model(settings: dict, num_classes: int) -> Framework | torch.nn.Module:
@@ -192,8 +186,8 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
     """Train `run` to `pretrain.steps` steps (resuming if possible); return checkpoints/final.pt."""
     settings = cfgmod.pretrain_settings(config, run)
     settings_hash = cfgmod.settings_hash(settings)
-    out_dir = cfgmod.run_dir(config, run)
-    ckpt_dir = out_dir / "checkpoints"
+    out_dir = layout.run_dir(config, run)
+    ckpt_dir = layout.checkpoint_dir(config, run)
     rank, world_size = _init_distributed()
     device = _rank_device(config["device"], rank)
     index = DatasetIndex.for_dataset(config, run.dataset)
@@ -207,9 +201,9 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
 
     if run.framework == cfgmod.NO_TRAINING:  # the random-init floor: nothing to train
         if is_main():
-            _write_final(ckpt_dir / "final.pt", model, settings, settings_hash, index, steps=0)
+            _write_final(layout.final_checkpoint(config, run), model, settings, settings_hash, index, steps=0)
             _write_info(out_dir, settings, steps=0, wall=time.time() - started, device=device, world_size=world_size)
-        return ckpt_dir / "final.pt"
+        return layout.final_checkpoint(config, run)
 
     if world_size > 1:  # before the optimiser: on CPU (gloo) the converter builds new BatchNorm parameters
         model = convert_sync_batchnorm(model)
@@ -239,7 +233,7 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
     sampler = StepBatches(train_videos, pre["batch_size"], run.seed, start_step, total, rank, world_size)
     batches = loader(TrainClips(index, clips_cfg, settings["augment"]), pre["num_workers"], batch_sampler=sampler)
 
-    logger = _TrainLog(out_dir / "train_log.csv", start_step, len(train_videos), pre["batch_size"]) if is_main() else None
+    logger = _TrainLog(layout.train_log(config, run), start_step, len(train_videos), pre["batch_size"]) if is_main() else None
     model.train()
     bar = progress(total=total, initial=start_step, desc=run.name, unit="step", **({} if is_main() else {"disable": True}))
     tick = time.time()
@@ -261,20 +255,20 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
         if checkpoint:
             segment.update(to_step=done, seconds=round(time.time() - started, 1))
             if is_main():
-                _save_checkpoint(ckpt_dir / "last.pt", done, model, optimizer, scheduler, settings_hash, segments)
+                _save_checkpoint(ckpt_dir / layout.LAST_CHECKPOINT, done, model, optimizer, scheduler, settings_hash, segments)
             if world_size > 1:
                 dist.barrier()
     bar.close()
     if is_main():
         core = model.module if hasattr(model, "module") else model
-        _write_final(ckpt_dir / "final.pt", core, settings, settings_hash, index, steps=total)
+        _write_final(layout.final_checkpoint(config, run), core, settings, settings_hash, index, steps=total)
         segment.update(to_step=total, seconds=round(time.time() - started, 1))
         _write_info(out_dir, settings, steps=total, wall=sum(s["seconds"] for s in segments), device=device,
                     world_size=world_size, segments=segments)
     if world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return ckpt_dir / "final.pt"
+    return layout.final_checkpoint(config, run)
 
 
 def _init_distributed() -> tuple[int, int]:
@@ -300,7 +294,7 @@ def _check_finite(rows: list[dict], loss: torch.Tensor, step: int, pair, ckpt_di
         at, at_pair = (bad[0]["step"], bad[0]["pair"]) if bad else (step, f"{pair[0]}{pair[1]}")
         raise VididiError(
             f"non-finite loss at step {at} (order pair {at_pair}); stopped. The last good checkpoint is "
-            f"{ckpt_dir / 'last.pt'} (lower pretrain.lr or set pretrain.grad_clip)"
+            f"{ckpt_dir / layout.LAST_CHECKPOINT} (lower pretrain.lr or set pretrain.grad_clip)"
         )
 
 
@@ -364,7 +358,7 @@ def _save_checkpoint(path: Path, step: int, model, optimizer, scheduler, setting
 def _resume(ckpt_dir: Path, settings_hash: str, total: int, model, optimizer, scheduler) -> tuple[int, list[dict]]:
     """(step to start from, earlier segments of this training): resume from last.pt when it is an
     unfinished training with these settings; a finished one (a forced re-run) starts over."""
-    path = ckpt_dir / "last.pt"
+    path = ckpt_dir / layout.LAST_CHECKPOINT
     if not path.is_file():
         return 0, []
     try:
@@ -426,20 +420,8 @@ def _write_final(path: Path, model, settings: dict, settings_hash: str, index: D
 def _write_info(out_dir: Path, settings: dict, steps: int, wall: float, device, world_size: int,
                 segments: list[dict] | None = None) -> None:
     """wall_seconds: the training's time summed over its segments (an interrupted run has several)."""
-    write_json(out_dir / "train_info.json", {
+    write_json(out_dir / layout.TRAIN_INFO, {
         "steps": steps, "wall_seconds": round(wall, 1), "device": str(device), "processes": world_size,
         "machine": machine(), "finished": time.strftime("%Y-%m-%d"), "code": code_version(),
         "segments": segments or [], "settings_hash": cfgmod.settings_hash(settings), "settings": settings,
     })  # fmt: skip
-
-
-def load_encoder(path: str | Path, device: torch.device | str = "cpu"):
-    """(encoder in eval mode, backbone settings, dataset stats) from a final.pt."""
-    path = Path(path)
-    if not path.is_file():
-        raise VididiError(f"{path} not found: run the pretrain stage first")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    backbone = json.loads(state["backbone"])
-    encoder = build_backbone(backbone["name"], **{k: v for k, v in backbone.items() if k != "name"})
-    encoder.load_state_dict(state["encoder"])
-    return encoder.to(device).eval(), backbone, json.loads(state["stats"])

@@ -8,8 +8,9 @@
   The share of attention mass inside the object's mask dilated by one pixel measures whether a model
   looks at the moving object or at the background; the mean over test videos is reported.
 
-Writes metrics/analysis-<eval_dataset>.json and analysis/attention-<eval_dataset>.h5 (the clips and
-maps of the first `figures.attention_videos` test videos, one per class, for the attention figure).
+Writes `layout.metrics_file(..., "attention", ...)` (metrics/analysis-<eval_dataset>.json) and
+`layout.attention_file` (analysis/attention-<eval_dataset>.h5: the clips and maps of the first
+`figures.attention_videos` test videos, one per class, for the attention figure).
 """
 
 from __future__ import annotations
@@ -21,39 +22,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import config as cfgmod
-from .analysis import attention_share, grad_cam, silhouette, top_classes
-from .data.augment import centre_crop
-from .data.loader import clip_frame_numbers, clip_span
-from .data.shards import DatasetIndex, FrameReader
-from .features import prepare_encoder, read_features
-from .train import resolve_device
-from .utils import VididiError, atomic_path, progress, write_metrics
+from .. import config as cfgmod
+from .. import layout
+from ..data.augment import centre_crop
+from ..data.clips import figure_videos, middle_clip_frames
+from ..data.shards import DatasetIndex, FrameReader
+from ..evaluation.analysis import attention_share, grad_cam, silhouette, top_classes
+from ..ssl.encoder import prepare_encoder, resolve_device
+from ..utils import VididiError, atomic_path, progress, write_metrics
 
 MASK_DILATION = 1
 
 
-def figure_videos(index: DatasetIndex, count: int) -> list[int]:
-    """The first test video of each class, for as many classes as `count` (the same for every run)."""
-    test = index.select("test")
-    chosen, seen = [], set()
-    for video in sorted(test, key=lambda v: index.video_id[v]):
-        label = int(index.label[video])
-        if label not in seen:
-            chosen.append(int(video))
-            seen.add(label)
-    return chosen[:count]
-
-
-def middle_clip_frames(index: DatasetIndex, video: int, clips_cfg: dict) -> np.ndarray:
-    n = int(index.n_frames[video])
-    start = max(0, (n - clip_span(clips_cfg["frames"], clips_cfg["stride"])) // 2)
-    return clip_frame_numbers(n, clips_cfg["frames"], clips_cfg["stride"], start)
-
-
 def object_masks(config: dict, dataset: str, index: DatasetIndex, video: int, frames: np.ndarray, size: int) -> torch.Tensor | None:
     """Object masks (T, size, size) of a synthetic video's clip, resized and cropped like the frames."""
-    path = cfgmod.raw_dir(config, dataset) / "objects.h5"
+    path = layout.objects_file(config, dataset)
     if config["datasets"][dataset]["source"] != "synthetic" or not path.is_file():
         return None
     with h5py.File(path, "r") as h5:
@@ -65,11 +48,11 @@ def object_masks(config: dict, dataset: str, index: DatasetIndex, video: int, fr
     return centre_crop(masks, size)[0].bool()
 
 
-def analyse(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
-    base = cfgmod.run_dir(config, run)
-    out = base / "metrics" / f"analysis-{eval_dataset}.json"
+def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
+    """Write the attention stage's metric file and attention maps (see the module docstring)."""
+    out = layout.metrics_file(config, run, "attention", eval_dataset)
     fig_cfg = config["figures"]
-    features = read_features(base / "features" / f"{eval_dataset}.h5")
+    features = layout.read_features(layout.features_file(config, run, eval_dataset))
     if "test" not in features:
         raise VididiError(f"{eval_dataset}: no test video features to analyse")
     test = features["test"]
@@ -87,7 +70,7 @@ def analyse(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     encoder = frame_encoder.encoder
     shares, figure = [], {"video_ids": [], "clips": [], "cams": [], "masks": []}
     for video in progress(index.select("test"), desc=f"attention {eval_dataset}", unit="video"):
-        frames = middle_clip_frames(index, video, clips_cfg)
+        frames = middle_clip_frames(int(index.n_frames[video]), clips_cfg["frames"], clips_cfg["stride"])
         clip = centre_crop(reader.read(video, frames), clips_cfg["size"])  # (3, T, S, S) uint8
         cam = grad_cam(encoder, encoder.last_block, frame_encoder.inputs(clip[None]),
                        target_fn=lambda z: z.float().square().sum(dim=1))[0].cpu()  # fmt: skip
@@ -100,7 +83,7 @@ def analyse(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
             figure["cams"].append(cam.numpy())
             figure["masks"].append(masks.numpy() if masks is not None else np.zeros(cam.shape, bool))
     reader.close()
-    with atomic_path(base / "analysis" / f"attention-{eval_dataset}.h5") as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_path(layout.attention_file(config, run, eval_dataset)) as tmp, h5py.File(tmp, "w") as h5:
         h5["video_ids"] = np.asarray(figure["video_ids"], dtype=h5py.string_dtype())
         for key in ("clips", "cams", "masks"):
             h5[key] = np.stack(figure[key])

@@ -14,37 +14,31 @@ The comparison figures use `figures.framework` (default VICReg, as in the paper)
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from . import config as cfgmod
-from .analysis import top_classes, tsne_2d
-from .analyze import figure_videos
-from .config import available_figures, comparison_runs
-from .data.augment import centre_crop
-from .data.loader import clip_frame_numbers, clip_span
-from .data.shards import DatasetIndex, FrameReader
-from .features import read_features
-from .plots import attention_figure, bars_figure, curves_figure, derivative_views_figure, save_figure, tsne_figure, use_style
-from .utils import VididiError
-
-FIGURES = ("derivatives", "tsne", "attention", "curves", "bars")
+from .. import config as cfgmod
+from .. import layout
+from ..config import available_figures, comparison_runs
+from ..data.augment import centre_crop
+from ..data.clips import figure_videos, middle_clip_frames
+from ..data.shards import DatasetIndex, FrameReader
+from ..evaluation.analysis import top_classes, tsne_2d
+from ..names import FIGURES
+from ..plots import attention_figure, bars_figure, curves_figure, derivative_views_figure, save_figure, tsne_figure, use_style
+from ..utils import VididiError
 
 
-def figure_path(config: dict, dataset: str, name: str) -> Path:
-    return Path(config["results_dir"]) / dataset / "figures" / name
-
-
-def make_figure(config: dict, dataset: str, name: str) -> list[Path]:
-    if name not in available_figures(config, dataset):
-        raise VididiError(f"figure {name!r} needs runs of {config['figures']['framework']} with variants "
+def main(config: dict, dataset: str, figure: str) -> list[Path]:
+    """Draw figure `figure` of the runs pretrained on `dataset` (PNG + PDF, layout.figure_file)."""
+    if figure not in available_figures(config, dataset):
+        raise VididiError(f"figure {figure!r} needs runs of {config['figures']['framework']} with variants "
                           f"{config['figures']['baseline']!r} and {config['figures']['vididi']!r} on {dataset}")  # fmt: skip
     with use_style():
-        fig = globals()[f"_{name}"](config, dataset)
-        return save_figure(fig, figure_path(config, dataset, name))
+        fig = DRAW[figure](config, dataset)
+        return save_figure(fig, layout.figure_file(config, dataset, figure))
 
 
 def _derivatives(config: dict, dataset: str):
@@ -53,9 +47,8 @@ def _derivatives(config: dict, dataset: str):
     reader = FrameReader(index)
     clips, names = [], []
     for video in figure_videos(index, config["figures"]["derivative_videos"]):
-        n, length = int(index.n_frames[video]), clips_cfg["frames"] + 2
-        start = max(0, (n - clip_span(length, clips_cfg["stride"])) // 2)
-        clip = centre_crop(reader.read(video, clip_frame_numbers(n, length, clips_cfg["stride"], start)), clips_cfg["size"])
+        frames = middle_clip_frames(int(index.n_frames[video]), clips_cfg["frames"] + 2, clips_cfg["stride"])
+        clip = centre_crop(reader.read(video, frames), clips_cfg["size"])
         clips.append(clip.float().numpy() / 255)
         names.append(index.classes[int(index.label[video])])
     return derivative_views_figure(np.stack(clips), names, frames_to_show=config["figures"]["frames_to_show"])
@@ -65,12 +58,12 @@ def _tsne(config: dict, dataset: str):
     panels, classes = [], None
     top = None
     for run in comparison_runs(config, dataset):
-        features = read_features(cfgmod.run_dir(config, run) / "features" / f"{dataset}.h5")
+        features = layout.read_features(layout.features_file(config, run, dataset))
         test, classes = features["test"], features["classes"]
         if top is None:
             top = top_classes(test["labels"], min(config["figures"]["tsne_classes"], len(np.unique(test["labels"]))))
         keep = np.isin(test["labels"], top)
-        analysis = json.loads(_stage_output(cfgmod.run_dir(config, run) / "metrics" / f"analysis-{dataset}.json", "analysis").read_text())
+        analysis = layout.read_json(layout.metrics_file(config, run, "attention", dataset), "attention")
         xy = tsne_2d(test["features"][keep], seed=0)
         panels.append((_run_label(run), xy, test["labels"][keep], analysis["metrics"]["silhouette"]))
     return tsne_figure(panels, classes)
@@ -79,7 +72,7 @@ def _tsne(config: dict, dataset: str):
 def _attention(config: dict, dataset: str):
     cams, frames, names = {}, None, None
     for run in comparison_runs(config, dataset):
-        with h5py.File(_stage_output(cfgmod.run_dir(config, run) / "analysis" / f"attention-{dataset}.h5", "analysis"), "r") as h5:
+        with h5py.File(layout.require(layout.attention_file(config, run, dataset), "attention"), "r") as h5:
             cams[_run_label(run)] = h5["cams"][()]
             frames = h5["clips"][()].astype(np.float32) / 255
             names = [v.rsplit("/", 1)[-1] for v in h5["video_ids"][()].astype(str)]
@@ -89,7 +82,7 @@ def _attention(config: dict, dataset: str):
 def _curves(config: dict, dataset: str):
     logs, seeds = {}, {}
     for run in cfgmod.expand_runs(config):
-        path = cfgmod.run_dir(config, run) / "train_log.csv"
+        path = layout.train_log(config, run)
         key = (run.framework, run.variant)
         if run.dataset != dataset or not path.is_file() or seeds.setdefault(key, run.seed) != run.seed:
             continue  # one seed per curve: the first listed
@@ -107,7 +100,7 @@ def _curves(config: dict, dataset: str):
 
 
 def _bars(config: dict, dataset: str):
-    path = _stage_output(Path(config["results_dir"]) / dataset / "summary.csv", "summary")
+    path = layout.require(layout.summary_file(config, dataset, ".csv"), "summary")
     rows = [dict(r) for r in csv.DictReader(path.open()) if r["eval_dataset"] == dataset]
     metrics = [m for m in ("R@1", "probe_top1", "det_mAP@0.5") if rows and rows[0].get(m) not in (None, "")]
     for row in rows:
@@ -115,13 +108,6 @@ def _bars(config: dict, dataset: str):
             row[m] = float(row[m]) * 100 if row[m] not in ("", None) else None
     labels = {"R@1": "Retrieval R@1 (%)", "probe_top1": "Linear probe top-1 (%)", "det_mAP@0.5": "Detection mAP@.5 (%)"}
     return bars_figure(rows, metrics, metric_labels=labels)
-
-
-def _stage_output(path: Path, stage: str) -> Path:
-    """`path` if it exists, else a one-line error naming it and the stage that writes it."""
-    if not path.is_file():
-        raise VididiError(f"{path} not found: run the {stage} stage first")
-    return path
 
 
 def _run_label(run: cfgmod.Run) -> str:
@@ -133,3 +119,7 @@ def _run_label(run: cfgmod.Run) -> str:
     if run.variant == "vididi":
         return f"ViDiDi-{short}"
     return f"{name} ({run.variant})"
+
+
+DRAW = {"derivatives": _derivatives, "tsne": _tsne, "attention": _attention, "curves": _curves, "bars": _bars}
+assert tuple(DRAW) == FIGURES, "every figure of names.FIGURES has a drawing function"

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import config as cfgmod
-from .utils import VididiError, write_text
+from .. import config as cfgmod
+from .. import layout
+from ..utils import VididiError, write_text
 
-METRIC_COLUMNS = {  # file stem -> (metric key -> column)
+METRIC_COLUMNS = {  # metric file stem (layout.metrics_stem) -> (metric key -> column)
     "retrieval": {"R@1": "R@1", "R@5": "R@5", "R@10": "R@10", "R@20": "R@20", "R@50": "R@50"},
     "probe": {"top1": "probe_top1", "top5": "probe_top5"},
     "detection": {"mAP@0.5": "det_mAP@0.5", "mAP_mean": "det_mAP_mean"},
@@ -32,7 +33,7 @@ COST_COLUMNS = ["steps", "pretrain_s", "eval_s"]
 def _read_metrics(path: Path) -> dict:
     if not path.is_file():
         raise VididiError(f"{path} not found: run its stage first")
-    return json.loads(path.read_text())["metrics"]
+    return layout.read_metrics(path)
 
 
 def _benchmark_seconds(path: Path) -> float | None:
@@ -48,25 +49,24 @@ def collect_rows(config: dict, dataset: str) -> list[dict]:
     for run in cfgmod.expand_runs(config):
         if run.dataset != dataset:
             continue
-        base = cfgmod.run_dir(config, run)
-        info_path = base / "train_info.json"
+        info_path = layout.train_info(config, run)
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         # train_info.json sums the segments of a resumed training; the job's benchmark file times only the last
-        pretrain_s = info.get("wall_seconds") or _benchmark_seconds(base / "benchmarks" / "pretrain.tsv")
+        pretrain_s = info.get("wall_seconds") or _benchmark_seconds(layout.run_benchmark(config, run, "pretrain"))
         for eval_dataset in run.eval_datasets:
             row = {"framework": run.framework, "variant": run.variant, "backbone": run.backbone,
                    "seed": run.seed, "eval_dataset": eval_dataset}  # fmt: skip
             stages = cfgmod.metric_stages(config, eval_dataset)
             if cfgmod.has_trimmed(config, eval_dataset):
-                stages.append("analysis")
+                stages.append("attention")
             eval_s = 0.0
             for stage in stages:
-                metrics = _read_metrics(base / "metrics" / f"{stage}-{eval_dataset}.json")
-                for key, column in METRIC_COLUMNS[stage].items():
+                metrics = _read_metrics(layout.metrics_file(config, run, stage, eval_dataset))
+                for key, column in METRIC_COLUMNS[layout.metrics_stem(stage)].items():
                     if key in metrics:
                         row[column] = metrics[key]
             for stage in ["features", *stages]:
-                eval_s += _benchmark_seconds(base / "benchmarks" / f"{stage}-{eval_dataset}.tsv") or 0.0
+                eval_s += _benchmark_seconds(layout.run_benchmark(config, run, f"{stage}-{eval_dataset}")) or 0.0
             row.update(steps=info.get("steps"), pretrain_s=pretrain_s, eval_s=round(eval_s, 1) or None)
             row.update(_provenance={k: info.get(k) for k in ("machine", "finished", "code")})
             rows.append(row)
@@ -80,17 +80,17 @@ def _metric_columns(rows: list[dict]) -> list[str]:
     return [c for c in ordered if any(c in r for r in rows)]
 
 
-def write_summary(config: dict, dataset: str) -> Path:
+def main(config: dict, dataset: str) -> Path:
+    """Write summary.csv and summary.md of the runs pretrained on `dataset`; return the csv."""
     rows = collect_rows(config, dataset)
     metrics = _metric_columns(rows)
-    out_dir = Path(config["results_dir"]) / dataset
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=KEY_COLUMNS + metrics + COST_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    write_text(out_dir / "summary.csv", buf.getvalue())
-    write_text(out_dir / "summary.md", markdown(rows, metrics, config["figures"]["baseline"], dataset))
-    return out_dir / "summary.csv"
+    write_text(layout.summary_file(config, dataset, ".csv"), buf.getvalue())
+    write_text(layout.summary_file(config, dataset, ".md"), markdown(rows, metrics, config["figures"]["baseline"], dataset))
+    return layout.summary_file(config, dataset, ".csv")
 
 
 def _group(rows: list[dict], keys: list[str]) -> dict[tuple, list[dict]]:

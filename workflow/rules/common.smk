@@ -1,7 +1,7 @@
-# Shared set-up: validate the config (one code path with the `vididi` CLI), expand runs, paths.
+# Shared set-up: validate the config (one code path with the `vididi` CLI), expand runs; every path
+# comes from vididi/layout.py and every list of names from vididi/names.py.
 import json
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -12,6 +12,8 @@ os.environ.update(VIDIDI_REPO=str(Path(workflow.basedir).parent))
 CONDA_ENV = "../../envs/vididi.yaml"  # for --use-conda, relative to workflow/rules/
 
 from vididi import config as vc
+from vididi import layout as L
+from vididi import names
 from vididi.utils import write_text
 
 try:
@@ -21,15 +23,15 @@ except vc.ConfigError as error:
 config.clear()
 config.update(_resolved)
 
-DATA = Path(config["data_dir"])
-RESULTS = Path(config["results_dir"])
 RUNS = vc.expand_runs(config)
+# every path comes from vididi/layout.py; in rule patterns the names are wildcards
+RUN = L.RunRef("{dataset}", "{run}")
 
 # All jobs read this file, the validated config of this invocation (config.yaml plus any
 # --configfile / --config overrides), rewritten only when it changes. The CLI finds it through
 # $VIDIDI_CONFIG, inherited by every job: were its path (which depends on results_dir) on the command
 # lines, another results_dir would change the data rules' params and re-run the shared data stage.
-CONFIG_FILE = RESULTS / "config.resolved.yaml"
+CONFIG_FILE = L.resolved_config(config)
 _text = json.dumps(config, indent=1, sort_keys=True) + "\n"
 if not CONFIG_FILE.is_file() or CONFIG_FILE.read_text() != _text:
     write_text(CONFIG_FILE, _text)
@@ -38,8 +40,7 @@ os.environ.update(VIDIDI_CONFIG=str(CONFIG_FILE))
 
 def names_of(*sources):
     """A wildcard pattern matching the configured datasets of these sources (never matching if none)."""
-    names = [name for name, ds in config["datasets"].items() if ds["source"] in sources]
-    return "|".join(re.escape(n) for n in names) or "(?!)"
+    return names.pattern([name for name, ds in config["datasets"].items() if ds["source"] in sources])
 
 
 def _python():
@@ -83,19 +84,19 @@ def eval_hash(wildcards):
 def metric_files(dataset):
     """Every metric file (analysis included) of the runs pretrained on `dataset`."""
     return [
-        RESULTS / run.dataset / "runs" / run.name / "metrics" / f"{stage}-{eval_dataset}.json"
+        L.metrics_file(config, run, stage, eval_dataset)
         for run in RUNS
         if run.dataset == dataset
         for eval_dataset in run.eval_datasets
-        for stage in vc.metric_stages(config, eval_dataset) + (["analysis"] if vc.has_trimmed(config, eval_dataset) else [])
+        for stage in vc.metric_stages(config, eval_dataset) + (["attention"] if vc.has_trimmed(config, eval_dataset) else [])
     ]
 
 
 def all_outputs():
     out = []
     for dataset in sorted({run.dataset for run in RUNS}):
-        out.append(RESULTS / dataset / "summary.md")
-        out += [RESULTS / dataset / "figures" / f"{name}.png" for name in vc.available_figures(config, dataset)]
+        out.append(L.summary_file(config, dataset, ".md"))
+        out += [L.figure_file(config, dataset, name, ".png") for name in vc.available_figures(config, dataset)]
     return out
 
 
@@ -103,16 +104,16 @@ def raw_videos(wildcards):
     """What the manifest needs: the generated/downloaded videos, or nothing for a user folder."""
     ds = config["datasets"][wildcards.dataset]
     if ds["source"] == "synthetic":
-        return DATA / "raw" / wildcards.dataset
+        return L.raw_dir(config, wildcards.dataset)
     if ds["root"] or ds["source"] == "folder":
         return []
-    return DATA / "raw" / wildcards.dataset / ".downloaded"
+    return L.download_marker(config, wildcards.dataset)
 
 
 def shard_files(wildcards):
     manifest = checkpoints.manifest.get(dataset=wildcards.dataset).output[0]
     n_shards = json.loads(Path(manifest).read_text())["n_shards"]
-    return [DATA / "shards" / wildcards.dataset / f"shard-{i:05d}.h5" for i in range(n_shards)]
+    return [L.shard_file(config, wildcards.dataset, i) for i in range(n_shards)]
 
 
 def pretrain_launcher(wildcards):
@@ -127,15 +128,15 @@ def figure_inputs(wildcards):
     """What each figure is drawn from."""
     dataset, name = wildcards.dataset, wildcards.figure
     if name == "derivatives":
-        return [DATA / "shards" / dataset / "index.tsv"]
+        return [L.index_file(config, dataset)]
     if name == "bars":
-        return [RESULTS / dataset / "summary.csv"]
+        return [L.summary_file(config, dataset, ".csv")]
     if name == "curves":
-        return [RESULTS / dataset / "runs" / r.name / "checkpoints" / "final.pt" for r in RUNS if r.dataset == dataset]
+        return [L.final_checkpoint(config, r) for r in RUNS if r.dataset == dataset]
     runs = vc.comparison_runs(config, dataset)
-    stem = {"tsne": "metrics/analysis-{d}.json", "attention": "analysis/attention-{d}.h5"}[name]
-    extra = [RESULTS / dataset / "runs" / r.name / "features" / f"{dataset}.h5" for r in runs] if name == "tsne" else []
-    return [RESULTS / dataset / "runs" / r.name / stem.format(d=dataset) for r in runs] + extra
+    if name == "tsne":
+        return [L.metrics_file(config, r, "attention", dataset) for r in runs] + [L.features_file(config, r, dataset) for r in runs]
+    return [L.attention_file(config, r, dataset) for r in runs]
 
 
 FIGURE_CAPTIONS = {

@@ -7,12 +7,13 @@ wildcard_constraints:
 
 
 rule generate:
+    """Render the synthetic dataset's videos (and object masks) into its raw folder."""
     output:
-        directory(DATA / "raw" / "{dataset}"),
+        directory(L.raw_dir(config, "{dataset}")),
     wildcard_constraints:
         dataset=names_of("synthetic"),
     log:
-        DATA / "logs" / "{dataset}" / "generate.log",
+        L.data_log(config, "{dataset}", "generate"),
     conda:
         CONDA_ENV
     params:
@@ -25,12 +26,13 @@ rule generate:
 
 
 checkpoint manifest:
+    """List a dataset's videos, splits and segments; assign the videos to shards."""
     input:
         raw_videos,
     output:
-        DATA / "shards" / "{dataset}" / "manifest.json",
+        L.manifest_file(config, "{dataset}"),
     log:
-        DATA / "logs" / "{dataset}" / "manifest.log",
+        L.data_log(config, "{dataset}", "manifest"),
     conda:
         CONDA_ENV
     params:
@@ -41,12 +43,13 @@ checkpoint manifest:
 
 
 rule extract:
+    """Decode one shard's videos with ffmpeg into an HDF5 shard; undecodable videos are listed, not fatal."""
     input:
-        DATA / "shards" / "{dataset}" / "manifest.json",
+        L.manifest_file(config, "{dataset}"),
     output:
-        DATA / "shards" / "{dataset}" / "shard-{shard}.h5",
+        L.shard_file(config, "{dataset}", "{shard}"),
     log:
-        DATA / "logs" / "{dataset}" / "extract-{shard}.log",
+        L.data_log(config, "{dataset}", "extract-{shard}"),
     conda:
         CONDA_ENV
     params:
@@ -57,14 +60,15 @@ rule extract:
 
 
 rule index:
+    """Index the shards, list the bad videos, measure the frame mean and derivative scales per split."""
     input:
         shard_files,
     output:
-        index=DATA / "shards" / "{dataset}" / "index.tsv",
-        info=DATA / "shards" / "{dataset}" / "dataset.json",
-        bad=DATA / "shards" / "{dataset}" / "bad_videos.tsv",
+        index=L.index_file(config, "{dataset}"),
+        info=L.info_file(config, "{dataset}"),
+        bad=L.bad_videos_file(config, "{dataset}"),
     log:
-        DATA / "logs" / "{dataset}" / "index.log",
+        L.data_log(config, "{dataset}", "index"),
     conda:
         CONDA_ENV
     params:
@@ -76,12 +80,13 @@ rule index:
 
 
 rule download:
+    """Download and unpack a registry dataset (resumable, checksummed)."""
     output:
-        DATA / "raw" / "{dataset}" / ".downloaded",
+        L.download_marker(config, "{dataset}"),
     wildcard_constraints:
-        dataset=names_of("ucf101", "hmdb51", "kinetics400", "thumos14"),
+        dataset=names_of(*names.DOWNLOADABLE_SOURCES),
     log:
-        DATA / "logs" / "{dataset}" / "download.log",
+        L.data_log(config, "{dataset}", "download"),
     conda:
         CONDA_ENV
     params:

@@ -1,22 +1,21 @@
-# Evaluation: frozen features of a run on an evaluation dataset, then one job per metric, then the
-# summary table of every run pretrained on a dataset.
-
-RUN_DIR = RESULTS / "{dataset}" / "runs" / "{run}"
+# Evaluation: frozen features of a run on an evaluation dataset, then one job per metric and the
+# attention analysis, then the summary table of every run pretrained on a dataset.
 
 
 rule features:
+    """Frozen order-0 features of a run on an evaluation dataset (BatchNorm recalibrated first)."""
     input:
-        checkpoint=RUN_DIR / "checkpoints" / "final.pt",
-        index=DATA / "shards" / "{eval_dataset}" / "index.tsv",
-        train_index=DATA / "shards" / "{dataset}" / "index.tsv",
+        checkpoint=L.final_checkpoint(config, RUN),
+        index=L.index_file(config, "{eval_dataset}"),
+        train_index=L.index_file(config, "{dataset}"),
     output:
-        RUN_DIR / "features" / "{eval_dataset}.h5",
+        L.features_file(config, RUN, "{eval_dataset}"),
     log:
-        RUN_DIR / "logs" / "features-{eval_dataset}.log",
+        L.run_log(config, RUN, "features-{eval_dataset}"),
     conda:
         CONDA_ENV
     benchmark:
-        RUN_DIR / "benchmarks" / "features-{eval_dataset}.tsv"
+        L.run_benchmark(config, RUN, "features-{eval_dataset}")
     params:
         cmd=vididi("features"),
         settings=lambda w: eval_hash(w),
@@ -28,18 +27,19 @@ rule features:
 
 
 rule metric:
+    """One metric stage over a run's features: retrieval (Recall@k), probe (top-1/5) or detection (mAP)."""
     input:
-        RUN_DIR / "features" / "{eval_dataset}.h5",
+        L.features_file(config, RUN, "{eval_dataset}"),
     output:
-        RUN_DIR / "metrics" / "{stage}-{eval_dataset}.json",
+        L.metrics_file(config, RUN, "{stage}", "{eval_dataset}"),
     log:
-        RUN_DIR / "logs" / "{stage}-{eval_dataset}.log",
+        L.run_log(config, RUN, "{stage}-{eval_dataset}"),
     conda:
         CONDA_ENV
     benchmark:
-        RUN_DIR / "benchmarks" / "{stage}-{eval_dataset}.tsv"
+        L.run_benchmark(config, RUN, "{stage}-{eval_dataset}")
     wildcard_constraints:
-        stage="retrieval|probe|detection",
+        stage=names.pattern(names.METRIC_STAGES),
     params:
         cmd=lambda w: vididi(w.stage),
         settings=lambda w: eval_hash(w),
@@ -48,13 +48,14 @@ rule metric:
 
 
 rule summary:
+    """Summary table (CSV + Markdown, mean ± std over seeds) of every run pretrained on a dataset."""
     input:
         lambda w: metric_files(w.dataset),
     output:
-        csv=report(RESULTS / "{dataset}" / "summary.csv", caption="../report/summary.rst", category="Results"),
-        md=RESULTS / "{dataset}" / "summary.md",
+        csv=report(L.summary_file(config, "{dataset}", ".csv"), caption="../report/summary.rst", category="Results"),
+        md=L.summary_file(config, "{dataset}", ".md"),
     log:
-        RESULTS / "{dataset}" / "logs" / "summary.log",
+        L.dataset_log(config, "{dataset}", "summary"),
     conda:
         CONDA_ENV
     params:
@@ -63,18 +64,19 @@ rule summary:
         "{params.cmd} --dataset {wildcards.dataset} > {log} 2>&1"
 
 
-rule analysis:
+rule attention:
+    """Silhouette of the top test classes, Grad-CAM attention maps and the object-attention share."""
     input:
-        RUN_DIR / "features" / "{eval_dataset}.h5",
+        L.features_file(config, RUN, "{eval_dataset}"),
     output:
-        metrics=RUN_DIR / "metrics" / "analysis-{eval_dataset}.json",
-        maps=RUN_DIR / "analysis" / "attention-{eval_dataset}.h5",
+        metrics=L.metrics_file(config, RUN, "attention", "{eval_dataset}"),
+        maps=L.attention_file(config, RUN, "{eval_dataset}"),
     log:
-        RUN_DIR / "logs" / "analysis-{eval_dataset}.log",
+        L.run_log(config, RUN, "attention-{eval_dataset}"),
     conda:
         CONDA_ENV
     benchmark:
-        RUN_DIR / "benchmarks" / "analysis-{eval_dataset}.tsv"
+        L.run_benchmark(config, RUN, "attention-{eval_dataset}")
     params:
         cmd=vididi("attention"),
         settings=lambda w: vc.settings_hash([eval_hash(w), config["figures"]]),

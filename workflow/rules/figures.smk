@@ -2,22 +2,23 @@
 
 
 rule figure:
+    """One figure of a dataset's runs (derivatives, tsne, attention, curves or bars), PNG + PDF."""
     input:
         figure_inputs,
     output:
         png=report(
-            RESULTS / "{dataset}" / "figures" / "{figure}.png",
+            L.figure_file(config, "{dataset}", "{figure}", ".png"),
             caption="../report/figure.rst",
             category="Figures",
             labels={"dataset": "{dataset}", "figure": "{figure}"},
         ),
-        pdf=RESULTS / "{dataset}" / "figures" / "{figure}.pdf",
+        pdf=L.figure_file(config, "{dataset}", "{figure}", ".pdf"),
     log:
-        RESULTS / "{dataset}" / "logs" / "figure-{figure}.log",
+        L.dataset_log(config, "{dataset}", "figure-{figure}"),
     conda:
         CONDA_ENV
     wildcard_constraints:
-        figure="derivatives|tsne|attention|curves|bars",
+        figure=names.pattern(names.FIGURES),
     params:
         cmd=vididi("figures"),
         caption=lambda w: FIGURE_CAPTIONS[w.figure],

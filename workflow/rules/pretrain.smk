@@ -2,17 +2,18 @@
 
 
 rule pretrain:
+    """Pretrain one run (torchrun with one process per GPU when pretrain.gpus > 1); resumes from last.pt."""
     input:
-        index=DATA / "shards" / "{dataset}" / "index.tsv",
-        info=DATA / "shards" / "{dataset}" / "dataset.json",
+        index=L.index_file(config, "{dataset}"),
+        info=L.info_file(config, "{dataset}"),
     output:
-        RESULTS / "{dataset}" / "runs" / "{run}" / "checkpoints" / "final.pt",
+        L.final_checkpoint(config, RUN),
     log:
-        RESULTS / "{dataset}" / "runs" / "{run}" / "logs" / "pretrain.log",
+        L.run_log(config, RUN, "pretrain"),
     conda:
         CONDA_ENV
     benchmark:
-        RESULTS / "{dataset}" / "runs" / "{run}" / "benchmarks" / "pretrain.tsv"
+        L.run_benchmark(config, RUN, "pretrain")
     params:
         cmd=pretrain_launcher,
         settings=lambda w: vc.settings_hash(vc.pretrain_settings(config, run_of(w))),

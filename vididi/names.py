@@ -1,0 +1,35 @@
+"""The names the pipeline knows, in one torch-free place.
+
+The CLI takes its stage and figure choices from here, the Snakemake rules their wildcard constraints,
+and the config validation its backbone list; `tests/test_structure.py` checks every list against
+the schema (`config.schema.yaml`) and against the registries that build the objects
+(`ssl.models.BACKBONES`, `ssl.frameworks.FRAMEWORKS`, `ssl.schedule.PRESETS`).
+"""
+
+from __future__ import annotations
+
+# pipeline stages, in pipeline order: `vididi <stage>`, `vididi/stages/<stage>.py`
+STAGES = (
+    "generate", "download", "manifest", "extract", "index", "pretrain", "features",
+    "retrieval", "probe", "detection", "attention", "summary", "figures",
+)  # fmt: skip
+# the stages that score a run's frozen features and write metrics/<stage>-<eval_dataset>.json
+METRIC_STAGES = ("retrieval", "probe", "detection")
+# figures of a dataset's runs: `vididi figures --figure NAME`, results/<dataset>/figures/NAME.png
+FIGURES = ("derivatives", "tsne", "attention", "curves", "bars")
+# figures that need a baseline and a ViDiDi run of `figures.framework` (config.comparison_runs)
+COMPARISON_FIGURES = ("tsne", "attention")
+
+BACKBONES = ("small3d", "r3d_18", "r2plus1d_18", "mc3_18", "s3d")
+SSL_FRAMEWORKS = ("simclr", "byol", "vicreg")
+FRAMEWORKS = (*SSL_FRAMEWORKS, "supervised", "random")  # random: the untrained encoder (the floor)
+PRESETS = ("all9", "cross6", "adjacent", "frames_only")  # named order-pair schedules
+SOURCES = ("synthetic", "ucf101", "hmdb51", "kinetics400", "thumos14", "folder")
+DOWNLOADABLE_SOURCES = ("ucf101", "hmdb51", "kinetics400", "thumos14")  # in data/registry.yaml
+
+
+def pattern(names) -> str:
+    """A regular expression matching exactly these names (a Snakemake wildcard constraint)."""
+    import re
+
+    return "|".join(re.escape(n) for n in names) or "(?!)"

@@ -1,0 +1,30 @@
+"""`vididi probe`: linear probe on a run's frozen features.
+
+Multinomial logistic regression on standardised features; C chosen on a stratified validation part
+of the TRAIN split; top-1 / top-5 on test (evaluation/probe.py). Writes
+`layout.metrics_file(config, run, "probe", eval_dataset)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import config as cfgmod
+from ..evaluation import inputs
+from ..evaluation.probe import linear_probe
+from ..utils import write_metrics
+
+
+def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
+    """Top-1 / top-5 of a linear probe on `run`'s features of `eval_dataset`."""
+    features, features_path, out = inputs.load(config, run, eval_dataset, "probe")
+    train, test = inputs.trimmed(features, features_path)
+    pcfg = config["evaluation"]["probe"]
+    result = linear_probe(train["features"], train["labels"], test["features"], test["labels"],
+                          Cs=pcfg["Cs"], val_fraction=pcfg["val_fraction"], seed=run.seed)  # fmt: skip
+    metrics = {"top1": result["top1"], "top5": result["top5"]}
+    protocol = {"model": "multinomial logistic regression on standardised features",
+                "C_selected_on": f"{pcfg['val_fraction']} of the train split (stratified)", **result,
+                "bn_recalibrated": bool(features["attrs"]["bn_recalibrated"])}  # fmt: skip
+    write_metrics(out, metrics, protocol, inputs.settings(config, run, eval_dataset, features))
+    return out
