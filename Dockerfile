@@ -1,7 +1,7 @@
 # The vididi image: what every rule runs in under `snakemake --use-singularity` (config key
 # `container`). It holds the `vididi` package with its pinned dependencies, snakemake, ffmpeg and
 # bsdtar; the workflow itself and the data come from the working directory Snakemake mounts.
-# Build (README "The container image"):  docker build -t ghcr.io/vididi/vididi:0.1.0 .
+# Build (docs/deployment.md):  docker build -t ghcr.io/vididi/vididi:0.1.0 .
 #
 # Base image: python:3.11-slim-bookworm, not nvidia/cuda or pytorch/pytorch. The PyPI wheels of
 # torch 2.14.1 / torchvision 0.29.1 carry their own CUDA 13 runtime (cuBLAS, cuDNN, NCCL, ... as the

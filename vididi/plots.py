@@ -153,7 +153,7 @@ def _ordered_frameworks(frameworks: Iterable[str]) -> list[str]:
 
 
 def _temporal_derivatives(clips: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Orders 0, 1, 2 of (N, C, T+2, H, W) clips by forward differences (METHOD.md), each T frames."""
+    """Orders 0, 1, 2 of (N, C, T+2, H, W) clips by forward differences (docs/method.md), each T frames."""
     t = clips.shape[2] - 2
     d0 = clips[:, :, :t]
     d1 = clips[:, :, 1 : t + 1] - clips[:, :, :t]

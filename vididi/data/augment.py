@@ -1,7 +1,7 @@
 """Per-clip spatial augmentation: one random draw per clip, applied identically to all its frames.
 
 Random resized crop, horizontal flip, colour jitter (p=0.8) and random grayscale (p=0.2), as in
-METHOD.md. Colour jitter is ONE affine colour map per clip: brightness, contrast, saturation and hue
+docs/method.md. Colour jitter is ONE affine colour map per clip: brightness, contrast, saturation and hue
 are each affine in RGB, so their random-order composition (and grayscale) is a 3x3 matrix plus an
 offset. The loader draws it and crops / flips the uint8 frames; the training step applies the map on
 the device (`apply_colour`), so the loader keeps up with training on 2 CPU cores.

@@ -193,7 +193,7 @@ def measure_stats(index: DatasetIndex, clips: dict, seed: int) -> dict:
     """Per-channel mean of frames and sigma_k = std of the k-th derivative over random training clips.
 
     Measured on frames in [0, 1], centred by the mean, at the dataset's clip length and stride
-    (METHOD.md: scaling by these constants keeps speed differences between videos).
+    (docs/method.md: scaling by these constants keeps speed differences between videos).
     """
 
     from ..ssl.derivatives import measure_sigma

@@ -1,7 +1,7 @@
 """Clip datasets over the HDF5 shards.
 
 - `TrainClips`: two clips of T+2 frames at stride s from independent random start times of the same
-  video, each with its own spatial augmentation (METHOD.md): uint8 (3, T+2, size, size) cropped and
+  video, each with its own spatial augmentation (docs/method.md): uint8 (3, T+2, size, size) cropped and
   flipped, plus its colour-jitter map (3, 4) that the training step applies on the device.
 - `StepBatches`: the batch of training step k is a pure function of (seed, k): an endless stream of
   seeded permutations of the training videos, cut into global batches; each DDP rank takes every

@@ -1,6 +1,6 @@
 """Temporal action localisation: window labels, window scores -> segments, NMS, and THUMOS14 mAP.
 
-Pipeline (METHOD.md): sliding-window features of untrimmed videos -> per-window class scores from a
+Pipeline (docs/method.md): sliding-window features of untrimmed videos -> per-window class scores from a
 classifier trained on the train split with an extra background class (`window_labels` makes its
 targets) -> segments (`scores_to_segments`) -> per-class NMS (`nms`) -> mAP at temporal IoU
 0.3:0.1:0.7 (`mean_average_precision`), evaluated as in THUMOS14 / ActivityNet:

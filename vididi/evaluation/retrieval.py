@@ -1,6 +1,6 @@
 """kNN video retrieval: test videos query train videos by cosine similarity; Recall@k.
 
-Protocol (METHOD.md): every query (test video) ranks the whole gallery (train videos) by cosine
+Protocol (docs/method.md): every query (test video) ranks the whole gallery (train videos) by cosine
 similarity of their features; Recall@k is the fraction of queries with at least one video of the
 query's class among the first k gallery items.
 

@@ -1,4 +1,4 @@
-"""Temporal-derivative views of clips (METHOD.md, "Derivatives").
+"""Temporal-derivative views of clips (docs/method.md, "Derivative views").
 
 Layout everywhere: (B, C, L, H, W), time on dim 2 (torchvision video layout). A clip of L = T + 2
 frames yields exactly T frames for every order k in {0, 1, 2}:

@@ -200,7 +200,7 @@ def mlp_head(in_dim: int, widths: Sequence[int], last_bn: bool = False) -> nn.Se
     """MLP: [Linear -> BatchNorm1d -> ReLU] for every width but the last, then a plain Linear.
 
     `last_bn=True` appends a BatchNorm1d after the last Linear. widths=(512, 512, 512) is the
-    3-layer projector of METHOD.md.
+    3-layer projector of docs/method.md.
     """
     widths = tuple(widths)
     if not widths or not all(isinstance(w, int) and w > 0 for w in widths):

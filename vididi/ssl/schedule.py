@@ -1,6 +1,6 @@
 """Balanced alternating learning: which derivative orders the two streams get at each step.
 
-METHOD.md: the config names a list P of ordered order-pairs (a, b). Step k belongs to cycle
+docs/method.md: the config names a list P of ordered order-pairs (a, b). Step k belongs to cycle
 c = k // |P| and uses P[perm_c[k mod |P|]], where perm_c is a permutation of range(|P|) drawn
 from a generator seeded with (seed, c). Stream 1 gets D_a of the first clip, stream 2 D_b of the
 second. Every pair is used exactly once per cycle, so for a symmetric P every order appears

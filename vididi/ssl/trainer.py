@@ -147,7 +147,7 @@ class Trainer:
         self.world_size = world()[1]
 
     def view(self, clip: torch.Tensor, colour: torch.Tensor, order: int) -> torch.Tensor:
-        """Derivative view of one batch of clips (METHOD.md): colour jitter on floats in [0, 1],
+        """Derivative view of one batch of clips (docs/method.md): colour jitter on floats in [0, 1],
         centring by the dataset mean, then D_order and its scaling."""
         x = apply_colour(clip.to(self.device, non_blocking=True), colour.to(self.device, non_blocking=True), self.mean)
         v = derivative_view(x.to(self.dtype), order, self.inp.frames, self.inp.scaling, self.inp.sigma)
