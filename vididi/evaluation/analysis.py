@@ -48,6 +48,9 @@ def silhouette(
 ) -> float:
     """Mean silhouette coefficient (Rousseeuw 1987), as `sklearn.metrics.silhouette_score`.
 
+    Kept, not delegated: sklearn's cosine silhouette gives an all-zero vector a self-distance of 1 when
+    its distances come in several blocks, so its value depends on the working memory; this one does not.
+
     For sample i of cluster C_i with n_{C_i} members and distance d:
         a_i = sum_{j in C_i, j != i} d(i, j) / (n_{C_i} - 1)
         b_i = min_{C != C_i} mean_{j in C} d(i, j)

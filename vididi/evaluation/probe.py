@@ -37,6 +37,9 @@ DEFAULT_MAX_ITER = 1000
 def stratified_split(labels, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split sample indices into (fit, validation), class by class.
 
+    Kept instead of `train_test_split(stratify=)`: that one refuses classes with a single sample and
+    rounds per class differently, which would change the chosen C and so every published probe number.
+
     Rule: a class with n >= 2 samples sends round(val_fraction * n) of them, but at least 1 and at
     most n - 1, to validation, chosen by a seeded permutation; a class with a single sample stays
     entirely in the fit part (it cannot be both fitted and validated). Classes are visited in sorted
@@ -67,6 +70,9 @@ def select_regularisation(
     max_iter: int = DEFAULT_MAX_ITER,
 ) -> tuple[float, dict[float, float]]:
     """Choose C on a validation part of the train split; returns (best_C, {C: validation top-1}).
+
+    One stratified hold-out, not `LogisticRegressionCV` (k-fold, other numbers); `GridSearchCV` with a
+    `PredefinedSplit` would compute the same thing in more lines and hide the tie rule (smallest C).
 
     Sees only train data. Ties in validation accuracy go to the smallest C.
     """
@@ -142,6 +148,9 @@ def linear_probe(
 
 def top_k_accuracy(probabilities, classes, labels, k: int) -> float:
     """Fraction of rows whose true label is among the k classes of highest probability.
+
+    Kept instead of `sklearn.metrics.top_k_accuracy_score`: that one refuses test labels the classifier
+    never saw (here they count as misses) and breaks ties towards the last column, not the first.
 
     `probabilities` is (n, n_classes) with columns in the order of `classes`. k is clamped to the
     number of classes. Equal probabilities rank by column order (stable sort), so ties are
