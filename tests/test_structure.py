@@ -181,12 +181,15 @@ def test_names_agree_with_the_schema():
     schedule = s["properties"]["variants"]["additionalProperties"]["properties"]["schedule"]["oneOf"][0]
     assert tuple(schedule["enum"]) == names.PRESETS
     assert tuple(s["$defs"]["dataset"]["properties"]["source"]["enum"]) == names.SOURCES
+    classes = s["$defs"]["synthetic"]["properties"]["classes"]
+    assert tuple(classes["items"]["enum"]) == names.SYNTHETIC_CLASSES
     ssl_options = set(s["properties"]["frameworks"]["properties"]) - {"supervised"}
     assert ssl_options == set(names.SSL_FRAMEWORKS)
 
 
 def test_names_agree_with_the_registries():
     from vididi.data.download import load_registry
+    from vididi.data.synthetic import DYNAMICS
     from vididi.ssl.frameworks import FRAMEWORKS
     from vididi.ssl.models import BACKBONES
     from vididi.ssl.schedule import PRESETS
@@ -196,6 +199,7 @@ def test_names_agree_with_the_registries():
     assert set(FRAMEWORKS) == set(names.FRAMEWORKS) - {"random"}
     assert tuple(PRESETS) == names.PRESETS
     assert tuple(DRAW) == names.FIGURES
+    assert tuple(DYNAMICS) == names.SYNTHETIC_CLASSES
     assert set(load_registry()) == set(names.DOWNLOADABLE_SOURCES)
     assert set(names.METRIC_STAGES) <= set(names.STAGES) and set(names.COMPARISON_FIGURES) <= set(names.FIGURES)
 

@@ -3,7 +3,8 @@
 The CLI takes its stage and figure choices from here, the Snakemake rules their wildcard constraints,
 and the config validation its backbone list; `tests/test_structure.py` checks every list against
 the schema (`config.schema.yaml`) and against the registries that build the objects
-(`ssl.models.BACKBONES`, `ssl.frameworks.FRAMEWORKS`, `ssl.schedule.PRESETS`).
+(`ssl.models.BACKBONES`, `ssl.frameworks.FRAMEWORKS`, `ssl.schedule.PRESETS`,
+`data.synthetic.DYNAMICS`, `stages.figures.DRAW`, `data/registry.yaml`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ BACKBONES = ("small3d", "r3d_18", "r2plus1d_18", "mc3_18", "s3d")
 SSL_FRAMEWORKS = ("simclr", "byol", "vicreg")
 FRAMEWORKS = (*SSL_FRAMEWORKS, "supervised", "random")  # random: the untrained encoder (the floor)
 PRESETS = ("all9", "cross6", "adjacent", "frames_only")  # named order-pair schedules
+# the synthetic dataset's motion classes (data.synthetic.DYNAMICS draws each)
+SYNTHETIC_CLASSES = (
+    "LinearMotion", "Accelerating", "Decelerating", "Projectile", "Bouncing", "Orbit", "Oscillation", "Pulsing",
+)  # fmt: skip
 SOURCES = ("synthetic", "ucf101", "hmdb51", "kinetics400", "thumos14", "folder")
 DOWNLOADABLE_SOURCES = ("ucf101", "hmdb51", "kinetics400", "thumos14")  # in data/registry.yaml
 

@@ -1,0 +1,1 @@
+"""Everything before training: datasets (generated or downloaded), listings, ffmpeg, shards, clips, loaders."""

@@ -1,0 +1,1 @@
+"""Metrics over frozen features: retrieval, linear probe, detection, analysis (silhouette, t-SNE, Grad-CAM)."""

@@ -1,0 +1,1 @@
+"""The self-supervised core: derivative views, schedule, losses, frameworks, backbones, DDP, trainer, encoder."""
