@@ -8,7 +8,7 @@ drift on a shared machine hits both alike, after warm-up iterations; medians of 
             the model's memory format); step k takes the views of the trainer's pair at step k
             (the same tensors the trainer computes), then
             `loss = model(v1, v2); opt.zero_grad(); loss.backward(); opt.step()`.
-- trainer:  `vididi.train.Trainer.step` on uint8 clips held in (host) memory as the loader hands
+- trainer:  `vididi.ssl.trainer.Trainer.step` on uint8 clips held in (host) memory as the loader hands
             them over (no loader): upload, uint8 -> float with the clips' colour-jitter maps, the
             step's order pair from the balanced schedule, the two derivative views, the model, the
             optimiser, the lr scheduler and `after_step`.

@@ -1,4 +1,4 @@
-"""Tests for vididi.analysis: checked against scikit-learn, hand-worked numbers and a toy network."""
+"""Tests for vididi.evaluation.analysis: checked against scikit-learn, hand-worked numbers and a toy network."""
 
 from __future__ import annotations
 

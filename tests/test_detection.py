@@ -1,4 +1,4 @@
-"""Tests for vididi.detection: hand-worked tIoU, window labels, segments, NMS, AP/mAP and file formats."""
+"""Tests for vididi.evaluation.detection: hand-worked tIoU, window labels, segments, NMS, AP/mAP and file formats."""
 
 import json
 

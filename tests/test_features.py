@@ -1,4 +1,4 @@
-"""`vididi features` (vididi/features.py) on the tiny synthetic dataset, on CPU.
+"""`vididi features` (vididi/stages/features.py) on the tiny synthetic dataset, on CPU.
 
 What is checked, and against what:
 - `FrameEncoder.inputs` is order 0: (clip / 255 - mean[c]) / sigma_0, written out by hand;

@@ -1,4 +1,4 @@
-"""vididi.ffmpeg: finding the binary, decoding (size, frame count, fps, scaling, resampling), encoding."""
+"""vididi.data.ffmpeg: finding the binary, decoding (size, frame count, fps, scaling, resampling), encoding."""
 
 from __future__ import annotations
 

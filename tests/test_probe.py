@@ -1,4 +1,4 @@
-"""Tests for vididi.probe: accuracy on easy/hopeless data, no test leakage, hand-worked top-k."""
+"""Tests for vididi.evaluation.probe: accuracy on easy/hopeless data, no test leakage, hand-worked top-k."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Tests for vididi.retrieval: hand-made cases with known ranks, and a brute-force numpy reference."""
+"""Tests for vididi.evaluation.retrieval: hand-made cases with known ranks, and a brute-force numpy reference."""
 
 import math
 

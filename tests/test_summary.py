@@ -1,4 +1,4 @@
-"""`vididi summary` (vididi/summary.py) over hand-written metric files of 2 runs x 2 seeds.
+"""`vididi summary` (vididi/stages/summary.py) over hand-written metric files of 2 runs x 2 seeds.
 
 The results tree is written here in the layout the pipeline uses
 (results/<dataset>/runs/<run>/metrics/<stage>-<eval>.json, train_info.json, benchmarks/*.tsv), with

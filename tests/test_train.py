@@ -1,4 +1,4 @@
-"""`vididi pretrain` (vididi/train.py) end to end on the tiny synthetic dataset, on CPU.
+"""`vididi pretrain` (vididi/ssl/trainer.py) end to end on the tiny synthetic dataset, on CPU.
 
 What is checked, and against what:
 - every framework x variant lowers its loss (first vs last schedule cycle of train_log.csv);
@@ -287,7 +287,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path, tiny_dat
 def test_interrupted_run_reports_the_time_of_all_its_segments(tmp_path, tiny_data, monkeypatch):
     # train_info.json (and so the summary's "pretrain s") must count every segment of one training,
     # not only the last one after a resume.
-    from vididi import train
+    from vididi.ssl import trainer as train
 
     config = make_config(tmp_path, tiny_data, "vicreg", "vididi", **RESUME_RUN)
     real_step, clock = train.Trainer.step, [1000.0]
@@ -316,7 +316,7 @@ def test_interrupted_run_reports_the_time_of_all_its_segments(tmp_path, tiny_dat
 def test_rerunning_a_finished_run_trains_again_from_step_0(tmp_path, tiny_data, monkeypatch):
     # `snakemake --forcerun pretrain` deletes final.pt and calls the stage again: it must retrain, not
     # "resume" at the last step and finish in a second with the old weights.
-    from vididi import train
+    from vididi.ssl import trainer as train
 
     config = make_config(tmp_path, tiny_data, "vicreg", "vididi", **RESUME_RUN)
     pretrain(config, only_run(config))

@@ -3,7 +3,7 @@
 All of them compute in (at least) float32 with autocast disabled, whatever the input dtype
 (bf16/fp16 embeddings are upcast), because the softmax / covariance sums lose too much in half
 precision. Under DistributedDataParallel, SimCLR and VICReg expect the globally gathered
-embeddings (see `vididi.frameworks`); BYOL is a per-sample loss and needs no gather.
+embeddings (see `vididi.ssl.frameworks`); BYOL is a per-sample loss and needs no gather.
 """
 
 from __future__ import annotations
