@@ -385,8 +385,8 @@ def _resume(ckpt_dir: Path, settings_hash: str, total: int, model, optimizer, sc
     segments = json.loads(state.get("segments", "[]"))
     earlier = {s["code"] for s in segments} - {code_version()}
     if earlier:
-        log.warning("resuming a training begun with other code (%s, now %s); train_info.json lists both",
-                    ", ".join(sorted(earlier)), code_version())
+        log.warning("resuming a training begun with other code (%s, now %s); %s lists both",
+                    ", ".join(sorted(earlier)), code_version(), layout.TRAIN_INFO)
     log.info("resuming from %s at step %d", path, state["step"])
     return int(state["step"]), segments
 
