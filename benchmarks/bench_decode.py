@@ -44,8 +44,8 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import make_video  # noqa: E402
 
+from vididi.data.ffmpeg import ffmpeg_binary  # noqa: E402
 from vididi.data.shards import encode_frame  # noqa: E402
-from vididi.ffmpeg import ffmpeg_binary  # noqa: E402
 
 FRAMES_PER_GPU = 1368 * 18  # issue 15: compiled R3D-18 on an H200, 16+2 frames per clip
 CLIP_FRAMES, STRIDE = 18, 2

@@ -2,7 +2,7 @@
 
 For each gallery size (default 10k / 100k / 1M vectors of 512 float32 features, 400 classes; the
 R3D-18 feature size and Kinetics-400's class count) and a fixed set of queries, one fresh process per
-measurement reports wall time and peak memory of `vididi.retrieval.first_hit_ranks`:
+measurement reports wall time and peak memory of `vididi.evaluation.retrieval.first_hit_ranks`:
 
   tiled      the default: (query chunk x gallery tile) blocks of BLOCK_ENTRIES similarities
   unblocked  the baseline from the same run: one (query chunk x whole gallery) block, the behaviour
@@ -50,7 +50,7 @@ def child(size: int, queries: int, mode: str, chunk: int, threads: int) -> dict:
     import numpy as np
     import torch
 
-    from vididi.retrieval import first_hit_ranks
+    from vididi.evaluation.retrieval import first_hit_ranks
 
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
@@ -84,7 +84,7 @@ def probe_child(n: int, iters: int) -> dict:
 
     import numpy as np
 
-    from vididi.probe import _fit_classifier
+    from vididi.evaluation.probe import _fit_classifier
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, CLASSES, n)
@@ -154,7 +154,7 @@ def main() -> None:
         print(f"# load average after: {os.getloadavg()}")
         return
 
-    from vididi.retrieval import BLOCK_ENTRIES
+    from vididi.evaluation.retrieval import BLOCK_ENTRIES
 
     print(f"# bench_retrieval  queries={args.queries}  repeats={args.repeats} (best)  dims={DIMS}  classes={CLASSES}  threads={args.threads}  "
           f"query chunk={args.chunk}  tile={max(1, BLOCK_ENTRIES // args.chunk)}")  # fmt: skip

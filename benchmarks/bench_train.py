@@ -14,7 +14,7 @@ drift on a shared machine hits both alike, after warm-up iterations; medians of 
             optimiser, the lr scheduler and `after_step`.
   overhead = median over iterations of trainer / bare - 1 (each pair timed back to back)  target <= 5%
 - compiled: the same two loops on two more copies whose encoder and projector are compiled with
-            `vididi.train.compile_model` (the `pretrain.compile` switch; fused AdamW where
+            `vididi.ssl.trainer.compile_model` (the `pretrain.compile` switch; fused AdamW where
             `pretrain.fused_optimizer` resolves on), timed in the same interleaved rotation, so
             eager and compiled figures come from the same run; the first (compiling) step of each is
             reported apart. `--no-compile` skips them (the compile takes minutes on 2 CPU cores).

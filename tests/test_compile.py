@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vididi.config import resolve
-from vididi.train import build_model, compile_model, make_optimizer, on_cuda_when_auto
+from vididi.ssl.trainer import build_model, compile_model, make_optimizer, on_cuda_when_auto
 
 
 def tiny_model():

@@ -16,8 +16,9 @@ import pytest
 import torch
 import yaml
 
-from vididi.config import expand_runs, run_dir
+from vididi.config import expand_runs
 from vididi.launch import first_host, head_host, launcher_command, main, torchrun_args
+from vididi.layout import run_dir
 from vididi.utils import VididiError
 
 REPO = Path(__file__).resolve().parents[1]
