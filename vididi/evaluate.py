@@ -58,6 +58,10 @@ def retrieval(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     ks = config["evaluation"]["retrieval_ks"]
     result = recall_at_k(test["features"], test["labels"], train["features"], train["labels"], ks=ks)
     metrics = {f"R@{k}": v for k, v in result.recall.items()}
+    if "target_test" in features:  # a BYOL run's EMA target encoder (evaluation.target_encoder)
+        target = recall_at_k(features["target_test"]["features"], features["target_test"]["labels"],
+                             features["target_train"]["features"], features["target_train"]["labels"], ks=ks)  # fmt: skip
+        metrics.update({f"target_R@{k}": v for k, v in target.recall.items()})
     protocol = {"queries": "test split", "gallery": "train split", "similarity": "cosine",
                 "hit": "any same-class video among the top k", "ks": ks,
                 "n_queries": len(test["labels"]), "gallery_size": result.gallery_size,
@@ -74,6 +78,11 @@ def probe(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     result = linear_probe(train["features"], train["labels"], test["features"], test["labels"],
                           Cs=pcfg["Cs"], val_fraction=pcfg["val_fraction"], seed=run.seed)  # fmt: skip
     metrics = {"top1": result["top1"], "top5": result["top5"]}
+    if "target_test" in features:  # a BYOL run's EMA target encoder (evaluation.target_encoder)
+        target = linear_probe(features["target_train"]["features"], features["target_train"]["labels"],
+                              features["target_test"]["features"], features["target_test"]["labels"],
+                              Cs=pcfg["Cs"], val_fraction=pcfg["val_fraction"], seed=run.seed)  # fmt: skip
+        metrics.update(target_top1=target["top1"], target_top5=target["top5"])
     protocol = {"model": "multinomial logistic regression on standardised features",
                 "C_selected_on": f"{pcfg['val_fraction']} of the train split (stratified)", **result,
                 "bn_recalibrated": bool(features["attrs"]["bn_recalibrated"])}  # fmt: skip
@@ -99,8 +108,10 @@ def detection(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     # Window classifier with a background class (label len(classes)), trained on train videos only.
     labels = _window_targets(windows, is_train, ground_truth, len(classes), dcfg["min_overlap"])
     x_train = windows["features"][is_train]
+    by_video = windows["video_ids"][is_train] if dcfg["c_selection"] == "videos" else None
     best_C, val_scores = select_regularisation(x_train, labels, config["evaluation"]["probe"]["Cs"],
-                                               config["evaluation"]["probe"]["val_fraction"], run.seed)  # fmt: skip
+                                               config["evaluation"]["probe"]["val_fraction"], run.seed,
+                                               groups=by_video)  # fmt: skip
     scaler = StandardScaler().fit(x_train)
     clf = LogisticRegression(C=best_C, max_iter=2000).fit(scaler.transform(x_train), labels)
     probs = np.zeros((int((~is_train).sum()), len(classes) + 1))
@@ -114,7 +125,10 @@ def detection(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     metrics = {f"mAP@{t:g}": result["map"][t] for t in dcfg["tious"]}
     metrics["mAP_mean"] = result["average_map"]
     protocol = {"classifier": "logistic regression with a background class on window features (train videos)",
-                "C": best_C, "val_scores": val_scores, "window_step": dcfg["window_step"],
+                "C": best_C, "val_scores": val_scores, "C_selected_on": {
+                    "windows": "a stratified part of all training windows (windows of one video on both sides)",
+                    "videos": "held-out training videos (no video on both sides)"}[dcfg["c_selection"]],
+                "window_step": dcfg["window_step"],
                 "min_overlap": dcfg["min_overlap"], "thresholds": dcfg["thresholds"], "nms_iou": dcfg["nms_iou"],
                 "tious": dcfg["tious"], "matching": "ActivityNet-style (highest-tIoU unmatched ground truth)",
                 "n_test_videos": len(test_videos), "n_ground_truth": len(truth), "n_detections": len(detections),
