@@ -77,11 +77,12 @@ def recalibrate_batchnorm(frame_encoder: FrameEncoder, batches) -> int:
     return seen
 
 
-def prepare_encoder(config: dict, run: cfgmod.Run, device: torch.device) -> tuple[FrameEncoder, dict]:
-    """The run's frozen encoder, BatchNorm statistics re-estimated on order-0 training clips when
-    `evaluation.bn_recalibration` is on. Returns the encoder and a note of what was done."""
+def prepare_encoder(config: dict, run: cfgmod.Run, device: torch.device, which: str = "encoder") -> tuple[FrameEncoder, dict]:
+    """The run's frozen encoder (`which`: "encoder", or a BYOL run's "target_encoder"), BatchNorm
+    statistics re-estimated on order-0 training clips when `evaluation.bn_recalibration` is on.
+    Returns the encoder and a note of what was done."""
     ckpt = cfgmod.run_dir(config, run) / "checkpoints" / "final.pt"
-    encoder, backbone, stats = load_encoder(ckpt, device)
+    encoder, backbone, stats = load_encoder(ckpt, device, which)
     encoder = encoder.to(memory_format=torch.channels_last_3d)
     scaling = config["variants"][run.variant]["scaling"]
     frame_encoder = FrameEncoder(encoder, stats, scaling, device)
@@ -125,7 +126,22 @@ def extract_features(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
         untrimmed = [(s, index.select(s, untrimmed=True)) for s in ("train", "test")]
         if any(len(v) for _, v in untrimmed):
             _window_features(h5, frame_encoder, index, untrimmed, clips_cfg, ev, eval_dataset)
+        if ev["target_encoder"] and run.framework == "byol":
+            _target_features(h5, config, run, device, index, clips_cfg, ev, eval_dataset)
     return out
+
+
+def _target_features(h5, config, run, device, index, clips_cfg, ev, eval_dataset) -> None:
+    """target_train/, target_test/: the same videos through a BYOL run's EMA target encoder (its
+    BatchNorm statistics re-estimated like the online encoder's), for target_R@k / target_top1."""
+    frame_encoder, note = prepare_encoder(config, run, device, which="target_encoder")
+    for subset in ("train", "test"):
+        videos = index.select(subset)
+        if len(videos):
+            group = h5.create_group(f"target_{subset}")
+            group["features"] = _video_features(frame_encoder, index, videos, clips_cfg, ev, f"{eval_dataset} target {subset}")
+            group["labels"] = index.label[videos]
+    h5.attrs["target_bn_recalibrated"] = note["bn_recalibrated"]
 
 
 def _video_features(frame_encoder, index, videos, clips_cfg, ev, desc) -> np.ndarray:
@@ -173,7 +189,7 @@ def read_features(path: str | Path) -> dict:
     with h5py.File(path, "r") as h5:
         out["attrs"] = dict(h5.attrs)
         out["classes"] = json.loads(h5.attrs["classes"])
-        for name in ("train", "test", "windows"):
+        for name in ("train", "test", "windows", "target_train", "target_test"):
             if name in h5:
                 group = {k: h5[name][k][()] for k in h5[name]}
                 for k in ("video_ids", "subset"):

@@ -420,6 +420,9 @@ def _write_final(path: Path, model, settings: dict, settings_hash: str, index: D
         "steps": steps,
         "stats": json.dumps(index.stats),
     }
+    target = getattr(model, "target_encoder", None)  # BYOL: the EMA target, for `evaluation.target_encoder`
+    if target is not None:
+        state["target_encoder"] = {k: v.detach().cpu().contiguous() for k, v in target.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -434,13 +437,16 @@ def _write_info(out_dir: Path, settings: dict, steps: int, wall: float, device, 
     })  # fmt: skip
 
 
-def load_encoder(path: str | Path, device: torch.device | str = "cpu"):
-    """(encoder in eval mode, backbone settings, dataset stats) from a final.pt."""
+def load_encoder(path: str | Path, device: torch.device | str = "cpu", which: str = "encoder"):
+    """(encoder in eval mode, backbone settings, dataset stats) from a final.pt; `which` =
+    "target_encoder" loads a BYOL run's EMA target instead of the online encoder."""
     path = Path(path)
     if not path.is_file():
         raise VididiError(f"{path} not found: run the pretrain stage first")
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if which not in state:
+        raise VididiError(f"{path} has no {which!r} (only BYOL runs trained since issue 13 keep their target; retrain it)")
     backbone = json.loads(state["backbone"])
     encoder = build_backbone(backbone["name"], **{k: v for k, v in backbone.items() if k != "name"})
-    encoder.load_state_dict(state["encoder"])
+    encoder.load_state_dict(state[which])
     return encoder.to(device).eval(), backbone, json.loads(state["stats"])
