@@ -346,6 +346,23 @@ SYNTHETIC_NEW_DEFAULTS = {"scene_bias": 0, "scene_pool": 8, "ooc_split": False}
 BYOL_NEW_DEFAULTS = {"tau_final": 1.0}
 
 
+EVALUATION_NEW_DEFAULTS = {"target_encoder": False}
+DETECTION_NEW_DEFAULTS = {"c_selection": "windows"}
+ANALYSIS_NEW_DEFAULTS = {"cam_target": "feature_norm"}
+
+
+def evaluation_settings(config: dict) -> dict:
+    """What evaluation outputs depend on in `evaluation` (issue-13 keys at their defaults left out)."""
+    ev = without_new_defaults(config["evaluation"], EVALUATION_NEW_DEFAULTS)
+    return {**ev, "detection": without_new_defaults(ev["detection"], DETECTION_NEW_DEFAULTS)}
+
+
+def analysis_settings(config: dict) -> list:
+    """What the analysis stage depends on in `analysis` ([] at the defaults, as before the section)."""
+    analysis = without_new_defaults(config["analysis"], ANALYSIS_NEW_DEFAULTS)
+    return [analysis] if analysis else []
+
+
 def without_new_defaults(settings: dict, defaults: dict) -> dict:
     """`settings` without the keys of `defaults` that hold exactly their default value."""
     def at_default(key, value) -> bool:

@@ -77,7 +77,7 @@ rule analysis:
         RUN_DIR / "benchmarks" / "analysis-{eval_dataset}.tsv"
     params:
         cmd=vididi("attention"),
-        settings=lambda w: vc.settings_hash([eval_hash(w), config["figures"]]),
+        settings=lambda w: vc.settings_hash([eval_hash(w), config["figures"], *vc.analysis_settings(config)]),
     threads: config["threads"]
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
