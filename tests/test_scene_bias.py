@@ -104,3 +104,27 @@ def test_ooc_split_lists(tmp_path, monkeypatch):
     meta = json.loads((root / "metadata.json").read_text())
     assert meta["settings"]["ooc_split"] is True
     assert all(meta["videos"][line[:-4]]["scene_class"] != meta["videos"][line[:-4]]["class"] for line in read("testlist03.txt"))
+
+
+def test_split_3_indexes_the_twins_as_test_and_split_1_ignores_them(tmp_path):
+    from conftest import TINY, tiny_config
+    from vididi.config import raw_dir, shard_dir
+    from vididi.data.extract import build_index, extract_shard, read_manifest, write_manifest
+    from vididi.data.shards import DatasetIndex
+
+    block = {**TINY["datasets"]["synthetic"]["synthetic"], "ooc_split": True, "scene_bias": 0.5,
+             "untrimmed": {"train": 0, "test": 0}}  # fmt: skip
+    config = tiny_config(tmp_path, datasets={"synthetic": {"synthetic": block, "split": "3"}})
+    ds = config["datasets"]["synthetic"]
+    synthetic.generate(raw_dir(config, "synthetic"), ds["synthetic"], seed=ds["seed"], workers=2)
+    write_manifest(config, "synthetic")
+    for shard in range(read_manifest(config, "synthetic")["n_shards"]):
+        extract_shard(config, "synthetic", shard)
+    build_index(config, "synthetic")
+    index = DatasetIndex.for_dataset(config, "synthetic")
+    ooc_test = sorted(index.video_id[index.select("test")])
+    assert ooc_test and all(v.endswith("_ooc") for v in ooc_test)
+    in_context = DatasetIndex.for_dataset({**config, "datasets": {"synthetic": {**ds, "split": "1"}}}, "synthetic")
+    assert sorted(index.video_id[index.select("train")]) == sorted(in_context.video_id[in_context.select("train")])
+    assert sorted(f"{v}_ooc" for v in in_context.video_id[in_context.select("test")]) == ooc_test
+    assert index.stats and shard_dir(config, "synthetic").is_dir()

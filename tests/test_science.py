@@ -224,3 +224,38 @@ def test_experiment_configs_validate(name):
     for run in runs:  # choosing nothing on test: tuning configs use split 2
         if name in ("byol-tuning", "supervised-ceiling"):
             assert config["datasets"][run.dataset]["split"] == "2"
+
+
+# --------------------------------------------------------------------------------------------------
+# The opt-in protocol end to end on the tiny dataset: a BYOL run with a constant tau, its target
+# encoder's features, the probe-logit attention and the detection C chosen by video
+
+
+def test_protocol_options_end_to_end(tiny_data, tmp_path, one_torch_thread):
+    import json
+
+    from conftest import tiny_config
+    from vididi import evaluate
+    from vididi.analyze import analyse
+    from vididi.features import extract_features, read_features
+    from vididi.train import pretrain
+
+    config = tiny_config(
+        tmp_path, data_dir=tiny_data[0]["data_dir"], device="cpu", threads=1, pretrain={"steps": 3},
+        runs=[{"dataset": "synthetic", "framework": "byol", "variant": "base", "backbone": "small3d", "seed": 0}],
+        frameworks={"byol": {"tau_base": 0.9, "tau_final": 0.9}}, analysis={"cam_target": "probe_logit"},
+        evaluation={"target_encoder": True, "detection": {"c_selection": "videos"}},
+    )  # fmt: skip
+    (run,) = cfgmod.expand_runs(config)
+    pretrain(config, run)
+    features = read_features(extract_features(config, run, "synthetic"))
+    assert features["target_test"]["features"].shape == features["test"]["features"].shape
+    assert not np.array_equal(features["target_test"]["features"], features["test"]["features"])
+    metrics = {stage: json.loads(getattr(evaluate, stage)(config, run, "synthetic").read_text())
+               for stage in ("retrieval", "probe", "detection")}  # fmt: skip
+    assert {"R@1", "target_R@1"} <= set(metrics["retrieval"]["metrics"])
+    assert {"top1", "target_top1"} <= set(metrics["probe"]["metrics"])
+    assert "held-out training videos" in metrics["detection"]["protocol"]["C_selected_on"]
+    analysis = json.loads(analyse(config, run, "synthetic").read_text())
+    assert analysis["protocol"]["object_attention"]["cam_target"] == "probe_logit"
+    assert 0 < analysis["metrics"]["object_attention_uniform"] < 1
