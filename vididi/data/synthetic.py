@@ -11,6 +11,12 @@ Defaults (see the config schema): a fresh background per video, which a frames-o
 onto, and 8 shared sprite looks, so that once a model stops looking at the static background (which
 temporal derivatives remove) the motion is the best remaining cue for telling videos apart.
 
+Scene bias (docs/science.md): with probability `scene_bias` a trimmed video's background is replaced
+by one from its class's own pool (`scene_pool` per class), drawn from a stream of its own, so the
+video's motion is the same at every p and p = 0 is exactly the dataset made before the knob.
+`ooc_split` adds an out-of-context twin of every test video (same motion, sprite and noise; another
+class's scene) and split 3 = split 1's training videos + the twins as test.
+
 Written as real H.264 files in the UCF101 layout (class folders, classInd.txt, trainlist01.txt,
 testlist01.txt; whole groups go to train or test) so the extraction code for real datasets handles it,
 plus THUMOS14-style untrimmed videos for detection (`untrimmed/`), and per-frame object boxes and masks
