@@ -210,6 +210,8 @@ def test_variant_overrides_and_unchanged_hashes(tmp_path):
     constant = tiny_config(tmp_path, frameworks={"byol": {"tau_base": 0.96, "tau_final": 0.96}},
                            runs=[{"dataset": "synthetic", "framework": "byol"}])  # fmt: skip
     assert cfgmod.pretrain_settings(constant, cfgmod.expand_runs(constant)[0])["framework"]["tau_final"] == 0.96
+    with pytest.raises(cfgmod.ConfigError, match="tau_base 0.99 is above tau_final 0.9"):
+        tiny_config(tmp_path, frameworks={"byol": {"tau_final": 0.9}}, runs=[{"dataset": "synthetic", "framework": "byol"}])
     # evaluation / analysis keys at their defaults leave the evaluation hashes as before issue 13
     ev = cfgmod.evaluation_settings(base)
     assert "target_encoder" not in ev and "c_selection" not in ev["detection"]

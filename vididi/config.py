@@ -262,6 +262,12 @@ def _check_references(config: dict) -> None:
         schedule = variant["schedule"]
         if isinstance(schedule, list) and len({tuple(p) for p in schedule}) != len(schedule):
             raise ConfigError(f"config: variants.{name}.schedule: repeated order pairs")
+    for run in expand_runs(config):  # BYOL's tau, after a variant's overrides
+        if run.framework == "byol":
+            options = pretrain_settings(config, run)["framework"]
+            if options["tau_base"] > options.get("tau_final", BYOL_NEW_DEFAULTS["tau_final"]):
+                raise ConfigError(f"config: run {run.name}: byol tau_base {options['tau_base']} is above tau_final "
+                                  f"{options.get('tau_final', BYOL_NEW_DEFAULTS['tau_final'])} (tau only rises)")
     for key in ("baseline", "vididi"):
         if config["figures"][key] not in variants:
             raise ConfigError(f"config: figures.{key}: {config['figures'][key]!r} is not a defined variant")
