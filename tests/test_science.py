@@ -205,8 +205,7 @@ def test_variant_overrides_and_unchanged_hashes(tmp_path):
     assert tuned["pretrain"]["lr"] == 0.004 and tuned["pretrain"]["steps"] == 7
     assert tuned["framework"]["tau_base"] == tuned["framework"]["tau_final"] == 0.9  # a constant tau
     assert "tau_final" not in plain["framework"]  # at its default: the hash of older BYOL runs holds
-    assert plain["pretrain"] == {k: v for k, v in base["pretrain"].items()
-                                 if k not in ("log_every", "checkpoint_every", "num_workers", "gpus")}  # fmt: skip
+    assert plain["pretrain"] == {k: v for k, v in base["pretrain"].items() if k not in cfgmod.NOT_WEIGHTS}
     constant = tiny_config(tmp_path, frameworks={"byol": {"tau_base": 0.96, "tau_final": 0.96}},
                            runs=[{"dataset": "synthetic", "framework": "byol"}])  # fmt: skip
     assert cfgmod.pretrain_settings(constant, cfgmod.expand_runs(constant)[0])["framework"]["tau_final"] == 0.96
