@@ -262,6 +262,12 @@ def _check_references(config: dict) -> None:
         schedule = variant["schedule"]
         if isinstance(schedule, list) and len({tuple(p) for p in schedule}) != len(schedule):
             raise ConfigError(f"config: variants.{name}.schedule: repeated order pairs")
+    for run in expand_runs(config):  # BYOL's tau, after a variant's overrides
+        if run.framework == "byol":
+            options = pretrain_settings(config, run)["framework"]
+            if options["tau_base"] > options.get("tau_final", BYOL_NEW_DEFAULTS["tau_final"]):
+                raise ConfigError(f"config: run {run.name}: byol tau_base {options['tau_base']} is above tau_final "
+                                  f"{options.get('tau_final', BYOL_NEW_DEFAULTS['tau_final'])} (tau only rises)")
     for key in ("baseline", "vididi"):
         if config["figures"][key] not in variants:
             raise ConfigError(f"config: figures.{key}: {config['figures'][key]!r} is not a defined variant")
@@ -316,8 +322,40 @@ def raw_settings(config: dict, dataset: str) -> dict:
     ds = config["datasets"][dataset]
     out = {k: ds[k] for k in ("source", "root")}
     if ds["source"] == "synthetic":
-        out.update(seed=ds["seed"], synthetic=ds["synthetic"])
+        out.update(seed=ds["seed"], synthetic=without_new_defaults(ds["synthetic"], SYNTHETIC_NEW_DEFAULTS))
     return out
+
+
+# Keys added after results were published (issue 13). At their default they change nothing, so they
+# are left out of settings hashes and recorded settings: the data, checkpoints and metadata made
+# before the keys existed stay current, and a default dataset is byte-identical to an older one.
+SYNTHETIC_NEW_DEFAULTS = {"scene_bias": 0, "scene_pool": 8, "ooc_split": False}
+BYOL_NEW_DEFAULTS = {"tau_final": 1.0}
+
+
+EVALUATION_NEW_DEFAULTS = {"target_encoder": False}
+DETECTION_NEW_DEFAULTS = {"c_selection": "windows"}
+ANALYSIS_NEW_DEFAULTS = {"cam_target": "feature_norm"}
+
+
+def evaluation_settings(config: dict) -> dict:
+    """What evaluation outputs depend on in `evaluation` (issue-13 keys at their defaults left out)."""
+    ev = without_new_defaults(config["evaluation"], EVALUATION_NEW_DEFAULTS)
+    return {**ev, "detection": without_new_defaults(ev["detection"], DETECTION_NEW_DEFAULTS)}
+
+
+def analysis_settings(config: dict) -> list:
+    """What the analysis stage depends on in `analysis` ([] at the defaults, as before the section)."""
+    analysis = without_new_defaults(config["analysis"], ANALYSIS_NEW_DEFAULTS)
+    return [analysis] if analysis else []
+
+
+def without_new_defaults(settings: dict, defaults: dict) -> dict:
+    """`settings` without the keys of `defaults` that hold exactly their default value."""
+    def at_default(key, value) -> bool:
+        return key in defaults and value == defaults[key] and isinstance(value, bool) == isinstance(defaults[key], bool)
+
+    return {k: v for k, v in settings.items() if not at_default(k, v)}
 
 
 def data_settings(config: dict, dataset: str) -> dict:
@@ -343,11 +381,24 @@ def pretrain_settings(config: dict, run: Run) -> dict:
         "variant": {"name": run.variant, **config["variants"][run.variant]},
         "seed": run.seed,
     }
-    if run.framework in config["frameworks"]:
+    if run.framework == "byol":
+        settings["framework"] = {"name": run.framework, **without_new_defaults(config["frameworks"]["byol"], BYOL_NEW_DEFAULTS)}
+    elif run.framework in config["frameworks"]:
         settings["framework"] = {"name": run.framework, **config["frameworks"][run.framework]}
     else:
         settings["framework"] = {"name": run.framework}
+    _apply_variant_overrides(settings, config["variants"][run.variant], run.framework)
     return settings
+
+
+def _apply_variant_overrides(settings: dict, variant: dict, framework: str) -> None:
+    """A variant's `pretrain` / `frameworks.<name>` keys replace the global ones for its runs (a
+    variant without them leaves `settings` exactly as before, so existing runs keep their hash)."""
+    if variant.get("pretrain"):
+        settings["pretrain"] = {**settings["pretrain"], **variant["pretrain"]}
+    options = variant.get("frameworks", {}).get(framework)
+    if options:
+        settings["framework"] = {**settings["framework"], **options}
 
 
 def settings_hash(settings: Any) -> str:

@@ -244,7 +244,8 @@ def read_metrics(path: str | Path) -> dict:
 
 
 def read_features(path: str | Path) -> dict:
-    """Everything in a features file as numpy arrays: {'train': {...}, 'test': {...}, 'windows': {...}, 'attrs': {...}}."""
+    """Everything in a features file as numpy arrays: {'train': {...}, 'test': {...}, 'windows': {...}, 'attrs': {...}},
+    plus 'target_train' / 'target_test' when it holds a BYOL run's EMA-target features."""
     import h5py
 
     path = Path(path)
@@ -254,7 +255,7 @@ def read_features(path: str | Path) -> dict:
     with h5py.File(path, "r") as h5:
         out["attrs"] = dict(h5.attrs)
         out["classes"] = json.loads(h5.attrs["classes"])
-        for name in ("train", "test", "windows"):
+        for name in ("train", "test", "windows", "target_train", "target_test"):
             if name in h5:
                 group = {k: h5[name][k][()] for k in h5[name]}
                 for k in ("video_ids", "subset"):

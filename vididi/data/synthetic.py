@@ -11,6 +11,12 @@ Defaults (see the config schema): a fresh background per video, which a frames-o
 onto, and 8 shared sprite looks, so that once a model stops looking at the static background (which
 temporal derivatives remove) the motion is the best remaining cue for telling videos apart.
 
+Scene bias (docs/science.md): with probability `scene_bias` a trimmed video's background is replaced
+by one from its class's own pool (`scene_pool` per class), drawn from a stream of its own, so the
+video's motion is the same at every p and p = 0 is exactly the dataset made before the knob.
+`ooc_split` adds an out-of-context twin of every test video (same motion, sprite and noise; another
+class's scene) and split 3 = split 1's training videos + the twins as test.
+
 Written as real H.264 files in the UCF101 layout (class folders, classInd.txt, trainlist01.txt,
 testlist01.txt; whole groups go to train or test) so the extraction code for real datasets handles it,
 plus THUMOS14-style untrimmed videos for detection (`untrimmed/`), and per-frame object boxes and masks
@@ -31,6 +37,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
+from ..config import SYNTHETIC_NEW_DEFAULTS, without_new_defaults
 from ..layout import OBJECTS_FILE
 from ..utils import VididiError, atomic_path, progress, write_text
 from .ffmpeg import encode_h264
@@ -268,9 +275,24 @@ class Appearance:
         self.size = cfg["size"]
         self.scale = self.size / 64
         self.diameter = tuple(d * self.scale for d in cfg["object_size"])
+        self.seed = seed
         pool_rng = np.random.default_rng([seed, 7001])
         self.backgrounds = [make_background(pool_rng, self.size) for _ in range(cfg["backgrounds"])]
         self.looks = [SpriteLook.random(pool_rng, self.diameter) for _ in range(cfg["sprite_looks"])]
+
+    def class_background(self, class_index: int, rng) -> tuple[np.ndarray, int]:
+        """A background from class `class_index`'s own scene pool (scene bias, out-of-context twins).
+
+        The pools (`scene_pool` backgrounds per class) come from their own seeded stream, built on
+        first use, so a dataset that never asks for one draws exactly what it drew before they existed.
+        """
+        if getattr(self, "_class_pools", None) is None:
+            pool_rng = np.random.default_rng([self.seed, 7002])
+            n_classes, size = len(self.cfg["classes"]), self.cfg.get("scene_pool", 8)
+            self._class_pools = [[make_background(pool_rng, self.size) for _ in range(size)] for _ in range(n_classes)]
+        pool = self._class_pools[class_index]
+        i = int(rng.integers(len(pool)))
+        return pool[i], i
 
     def background(self, rng) -> tuple[np.ndarray, int]:
         if self.backgrounds:
@@ -317,6 +339,32 @@ def sample_motion(app: Appearance, name: str, rng, n: int) -> tuple[np.ndarray, 
         if placed is not None:
             return placed, opacity
     raise VididiError(f"synthetic: class {name} does not fit a {app.size}-pixel frame; raise `size` or lower `object_size`")
+
+
+def scene_bias(app: Appearance, scene: Scene, info: dict, key: list[int], class_index: int, name: str) -> tuple[Scene, dict]:
+    """With probability `scene_bias`, replace a trimmed video's background by one of its class's pool.
+
+    The coin and the pool index come from a stream of their own (`key` + [5001]), drawn only when
+    scene_bias > 0: the video's own stream (look, motion, noise) is untouched, so the same video has
+    the same motion at every p, and at p = 0 the dataset is exactly the one made before the knob.
+    """
+    p = app.cfg.get("scene_bias", 0)
+    if p <= 0:
+        return scene, info
+    rng = np.random.default_rng([*key, 5001])
+    if rng.uniform() >= p:
+        return scene, {**info, "scene_class": None}
+    background, i = app.class_background(class_index, rng)
+    return Scene(background, scene.look, scene.distractors), {**info, "background": -1, "scene_class": name, "scene_index": i}
+
+
+def out_of_context(app: Appearance, scene: Scene, info: dict, key: list[int], class_index: int, names: list[str]) -> tuple[Scene, dict]:
+    """The out-of-context twin's scene: the same sprite, distractors (and, rendered with the same
+    stream, the same motion and noise) over a background from ANOTHER class's pool (`key` + [5002])."""
+    rng = np.random.default_rng([*key, 5002])
+    other = (class_index + 1 + int(rng.integers(len(names) - 1))) % len(names)
+    background, i = app.class_background(other, rng)
+    return Scene(background, scene.look, scene.distractors), {**info, "background": -1, "scene_class": names[other], "scene_index": i}
 
 
 def render(app: Appearance, scene: Scene, track: np.ndarray, opacity: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -397,11 +445,13 @@ def generate(root: str | Path, cfg: dict, seed: int, workers: int = 1) -> None:
     if cfg["test_groups"] + cfg["val_groups"] >= cfg["groups"]:
         raise VididiError("synthetic: test_groups + val_groups must be smaller than groups (some groups must train)")
     jobs = [("trimmed", *item) for item in trimmed_plan(cfg)]
+    if cfg.get("ooc_split"):  # split 3: out-of-context twins of the test videos
+        jobs += [("ooc", *item) for item in trimmed_plan(cfg) if item[4] == "test"]
     ucfg = cfg["untrimmed"]
     jobs += [("untrimmed", "val", "validation", k) for k in range(1, ucfg["train"] + 1)]
     jobs += [("untrimmed", "test", "test", k) for k in range(1, ucfg["test"] + 1)]
 
-    meta: dict = {"seed": seed, "settings": cfg, "classes": names, "videos": {}}
+    meta: dict = {"seed": seed, "settings": without_new_defaults(cfg, SYNTHETIC_NEW_DEFAULTS), "classes": names, "videos": {}}
     lists: dict[str, list[str]] = {"trainlist01": [], "testlist01": [], "trainlist02": [], "testlist02": []}
     annotations: dict[tuple[str, str], list[str]] = {}
     with ProcessPoolExecutor(max(1, workers), initializer=_init_worker, initargs=(str(root), cfg, seed)) as pool, \
@@ -419,6 +469,10 @@ def generate(root: str | Path, cfg: dict, seed: int, workers: int = 1) -> None:
                     if subset is not None:  # UCF101 format: train lines carry the 1-based label
                         line = f"{video_id}.mp4 {ci + 1}" if subset == "train" else f"{video_id}.mp4"
                         lists[f"{subset}list{number:02d}"].append(line)
+                if cfg.get("ooc_split") and group_split(cfg, group)[0] == "train":  # split 3 trains as split 1
+                    lists.setdefault("trainlist03", []).append(f"{video_id}.mp4 {ci + 1}")
+            elif job[0] == "ooc":
+                lists.setdefault("testlist03", []).append(f"{video_id}.mp4")
             else:
                 video_name = video_id.rsplit("/", 1)[1]
                 for name, start, end in info["segments"]:
@@ -446,12 +500,17 @@ def _init_worker(root: str, cfg: dict, seed: int) -> None:
 def _make_video(job: tuple) -> tuple[str, np.ndarray, dict]:
     """Render and encode one video; returns its id, object masks and metadata."""
     root, cfg, seed, app, names = (_WORKER[k] for k in ("root", "cfg", "seed", "app", "names"))
-    if job[0] == "trimmed":
-        _, ci, name, g, c, split = job
+    if job[0] in ("trimmed", "ooc"):
+        kind, ci, name, g, c, split = job
         video_id = f"{name}/v_{name}_g{g:02d}_c{c:02d}"
         rng = np.random.default_rng([seed, ci, g, c])
         scene, info = app.scene(rng)
         track, opacity = sample_motion(app, name, rng, cfg["frames"])
+        scene, info = scene_bias(app, scene, info, [seed, ci, g, c], ci, name)
+        if kind == "ooc":  # the same video (its stream continues identically) in another class's scene
+            scene, info = out_of_context(app, scene, info, [seed, ci, g, c], ci, names)
+            info = {**info, "twin_of": video_id}
+            video_id += "_ooc"
         info = {"class": name, "split": split, **info, "track": np.round(track, 2).tolist()}
     else:
         _, subset, folder, k = job

@@ -1,4 +1,5 @@
-"""Numbers behind the analysis figures: top classes, silhouette, t-SNE, Grad-CAM, attention share.
+"""Numbers behind the analysis figures: top classes, silhouette, t-SNE, Grad-CAM (and its targets:
+the embedding's squared norm, or a linear probe's class logit), attention share.
 
 Everything here is model- and dataset-agnostic: the `figures` stage feeds it features, labels,
 clips and masks, and `vididi.plots` draws the results.
@@ -236,6 +237,25 @@ def grad_cam(
     scale = flat.amax(dim=1) if normalize == "max" else flat.sum(dim=1)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     return cam / scale.view(-1, *([1] * (cam.ndim - 1)))
+
+
+def feature_norm_target(z: torch.Tensor) -> torch.Tensor:
+    """Squared norm of the pooled embedding: which pixels drive the representation (not a class)."""
+    return z.float().square().sum(dim=1)
+
+
+def probe_logit_targets(model):
+    """label -> Grad-CAM target function: the logit of that class, for every sample of the batch, of
+    a fitted linear probe (`evaluation.probe.ProbeModel`: `classes` and a differentiable `logits`)."""
+    columns = {int(c): i for i, c in enumerate(model.classes)}
+
+    def target_for(label: int):
+        if int(label) not in columns:
+            raise VididiError(f"class {label} has no training video: the probe has no logit for it")
+        column = columns[int(label)]
+        return lambda z: model.logits(z.double())[:, column]
+
+    return target_for
 
 
 def attention_share(cam, mask, dilation: int = 1) -> np.ndarray:

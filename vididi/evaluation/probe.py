@@ -22,6 +22,7 @@ Usage::
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -61,6 +62,23 @@ def stratified_split(labels, val_fraction: float, seed: int) -> tuple[np.ndarray
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
 
 
+def grouped_split(groups, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split sample indices into (fit, validation) by GROUP (e.g. the video a window comes from):
+    round(val_fraction * n_groups) groups, at least 1 and at most n_groups - 1, chosen by a seeded
+    permutation of the sorted group names, send all their samples to validation. No group is on
+    both sides. Both index arrays are returned sorted."""
+    groups = np.asarray(groups)
+    if not 0.0 < val_fraction < 1.0:
+        raise VididiError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    names = np.unique(groups)
+    if names.size < 2:
+        raise VididiError(f"a split by group needs at least 2 groups, got {names.size}")
+    n_val = min(max(math.floor(val_fraction * names.size + 0.5), 1), names.size - 1)
+    held_out = np.random.default_rng(seed).permutation(names)[:n_val]
+    is_val = np.isin(groups, held_out)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
 def select_regularisation(
     train_x,
     train_y,
@@ -68,17 +86,23 @@ def select_regularisation(
     val_fraction: float = 0.2,
     seed: int = 0,
     max_iter: int = DEFAULT_MAX_ITER,
+    groups=None,
 ) -> tuple[float, dict[float, float]]:
     """Choose C on a validation part of the train split; returns (best_C, {C: validation top-1}).
 
     One stratified hold-out, not `LogisticRegressionCV` (k-fold, other numbers); `GridSearchCV` with a
     `PredefinedSplit` would compute the same thing in more lines and hide the tie rule (smallest C).
 
-    Sees only train data. Ties in validation accuracy go to the smallest C.
+    Sees only train data. Ties in validation accuracy go to the smallest C. The validation part is
+    stratified by class (`stratified_split`), or, with `groups` (one name per sample, e.g. its
+    video), made of whole groups (`grouped_split`), so correlated samples never straddle it.
     """
     x, y = _check_xy(train_x, train_y, "train")
     Cs = _check_cs(Cs)
-    fit_idx, val_idx = stratified_split(y, val_fraction, seed)
+    if groups is None:
+        fit_idx, val_idx = stratified_split(y, val_fraction, seed)
+    else:
+        fit_idx, val_idx = grouped_split(groups, val_fraction, seed)
     if val_idx.size == 0:
         raise VididiError(
             "cannot choose the regularisation: no class has 2 or more training samples to validate on"
@@ -144,6 +168,52 @@ def linear_probe(
         "n_test_unseen_class": int(np.sum(~np.isin(ty, clf.classes_))),
         "final_fit_converged": converged,
     }
+
+
+@dataclass(frozen=True)
+class ProbeModel:
+    """A fitted linear probe as plain arrays: logits = ((z - mean) / scale) @ coef.T + intercept.
+
+    `classes` holds the label of each logit column. A 2-class scikit-learn model has one row of
+    coefficients (the log-odds of classes[1]); it is stored as the two rows (-w, w) / 2 and
+    (-b, b) / 2, whose softmax is the same model.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    classes: np.ndarray
+    C: float
+
+    def logits(self, z):
+        """Class logits (B, n_classes) of features `z` (B, D): a torch tensor keeps its graph."""
+        import torch
+
+        if isinstance(z, torch.Tensor):
+            as_t = lambda a: torch.as_tensor(a, dtype=z.dtype, device=z.device)  # noqa: E731
+            return ((z - as_t(self.mean)) / as_t(self.scale)) @ as_t(self.coef).T + as_t(self.intercept)
+        return ((np.asarray(z, np.float64) - self.mean) / self.scale) @ self.coef.T + self.intercept
+
+
+def fit_probe(
+    train_x,
+    train_y,
+    Cs: Sequence[float] = DEFAULT_CS,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_iter: int = DEFAULT_MAX_ITER,
+) -> ProbeModel:
+    """The classifier `linear_probe` evaluates, as a `ProbeModel`: the same C selection and the same
+    final fit on the whole train split (deterministic), for uses beyond accuracy (Grad-CAM targets)."""
+    x, y = _check_xy(train_x, train_y, "train")
+    best_C, _ = select_regularisation(x, y, Cs, val_fraction, seed, max_iter)
+    scaler = StandardScaler().fit(x)
+    clf, _ = _fit_classifier(scaler.transform(x), y, best_C, max_iter)
+    coef, intercept = clf.coef_.astype(np.float64), clf.intercept_.astype(np.float64)
+    if clf.classes_.size == 2:
+        coef, intercept = np.vstack([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
+    return ProbeModel(scaler.mean_.copy(), scaler.scale_.copy(), coef, intercept, clf.classes_.copy(), best_C)
 
 
 def top_k_accuracy(probabilities, classes, labels, k: int) -> float:

@@ -31,15 +31,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_encoder(path: str | Path, device: torch.device | str = "cpu"):
-    """(encoder in eval mode, backbone settings, dataset stats) from a final.pt."""
+def load_encoder(path: str | Path, device: torch.device | str = "cpu", which: str = "encoder"):
+    """(encoder in eval mode, backbone settings, dataset stats) from a final.pt; `which` =
+    "target_encoder" loads a BYOL run's EMA target instead of the online encoder."""
     path = Path(path)
     if not path.is_file():
         raise VididiError(f"{path} not found: run the pretrain stage first")
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if which not in state:
+        raise VididiError(f"{path} has no {which!r} (only BYOL runs trained since issue 13 keep their target; retrain it)")
     backbone = json.loads(state["backbone"])
     encoder = build_backbone(backbone["name"], **{k: v for k, v in backbone.items() if k != "name"})
-    encoder.load_state_dict(state["encoder"])
+    encoder.load_state_dict(state[which])
     return encoder.to(device).eval(), backbone, json.loads(state["stats"])
 
 
@@ -86,11 +89,12 @@ def recalibrate_batchnorm(frame_encoder: FrameEncoder, batches) -> int:
     return seen
 
 
-def prepare_encoder(config: dict, run: cfgmod.Run, device: torch.device) -> tuple[FrameEncoder, dict]:
-    """The run's frozen encoder, BatchNorm statistics re-estimated on order-0 training clips when
-    `evaluation.bn_recalibration` is on. Returns the encoder and a note of what was done."""
+def prepare_encoder(config: dict, run: cfgmod.Run, device: torch.device, which: str = "encoder") -> tuple[FrameEncoder, dict]:
+    """The run's frozen encoder (`which`: "encoder", or a BYOL run's "target_encoder"), BatchNorm
+    statistics re-estimated on order-0 training clips when `evaluation.bn_recalibration` is on.
+    Returns the encoder and a note of what was done."""
     ckpt = layout.final_checkpoint(config, run)
-    encoder, backbone, stats = load_encoder(ckpt, device)
+    encoder, backbone, stats = load_encoder(ckpt, device, which)
     encoder = encoder.to(memory_format=torch.channels_last_3d)
     scaling = config["variants"][run.variant]["scaling"]
     frame_encoder = FrameEncoder(encoder, stats, scaling, device)

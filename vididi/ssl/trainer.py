@@ -191,7 +191,8 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
     rank, world_size = _init_distributed()
     device = _rank_device(config["device"], rank)
     index = DatasetIndex.for_dataset(config, run.dataset)
-    clips_cfg, pre = settings["clips"], config["pretrain"]  # (settings omit the keys that do not change weights)
+    # (settings omit the keys that do not change weights, and carry a variant's pretrain overrides)
+    clips_cfg, pre = settings["clips"], {**config["pretrain"], **settings["pretrain"]}
     model = build_model(settings, num_classes=len(index.classes)).to(device)
     if pre["precision"] == "fp64":  # exact-arithmetic checks (DDP == one process); slow
         model = model.double()
@@ -413,6 +414,9 @@ def _write_final(path: Path, model, settings: dict, settings_hash: str, index: D
         "steps": steps,
         "stats": json.dumps(index.stats),
     }
+    target = getattr(model, "target_encoder", None)  # BYOL: the EMA target, for `evaluation.target_encoder`
+    if target is not None:
+        state["target_encoder"] = {k: v.detach().cpu().contiguous() for k, v in target.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

@@ -7,6 +7,12 @@
   pooled embedding (an SSL encoder has no classifier: this asks which pixels drive the representation).
   The share of attention mass inside the object's mask dilated by one pixel measures whether a model
   looks at the moving object or at the background; the mean over test videos is reported.
+  `analysis.cam_target: probe_logit` makes the map class-discriminative: the target is the linear
+  probe's logit of the video's true class (the probe refitted on the train features exactly as the
+  probe stage fits it). The norm target's channel weights are never negative, so its map is
+  activation energy, which a uniform map matches; hence `object_attention_uniform`, the share a
+  constant map gets on the same clips (the dilated mask's area share), is reported next to it, and
+  the random encoder's run is the floor.
 
 Writes `layout.metrics_file(..., "attention", ...)` (metrics/analysis-<eval_dataset>.json) and
 `layout.attention_file` (analysis/attention-<eval_dataset>.h5: the clips and maps of the first
@@ -27,7 +33,8 @@ from .. import layout
 from ..data.augment import centre_crop
 from ..data.clips import figure_videos, middle_clip_frames
 from ..data.shards import DatasetIndex, FrameReader
-from ..evaluation.analysis import attention_share, grad_cam, silhouette, top_classes
+from ..evaluation.analysis import attention_share, feature_norm_target, grad_cam, probe_logit_targets, silhouette, top_classes
+from ..evaluation.probe import fit_probe
 from ..ssl.encoder import prepare_encoder, resolve_device
 from ..utils import VididiError, atomic_path, progress, write_metrics
 
@@ -46,6 +53,19 @@ def object_masks(config: dict, dataset: str, index: DatasetIndex, video: int, fr
         masks = F.interpolate(masks[:, None].float(), size=(height, width), mode="nearest")[:, 0] > 0.5
     masks = masks[:, None].expand(-1, 3, -1, -1).to(torch.uint8)  # (T, 3, H, W): crop like a clip
     return centre_crop(masks, size)[0].bool()
+
+
+def cam_targets(config: dict, run: cfgmod.Run, features: dict):
+    """(label -> Grad-CAM target function, protocol note) for `analysis.cam_target`."""
+    choice = config["analysis"]["cam_target"]
+    if choice == "feature_norm":
+        return (lambda label: feature_norm_target), {"cam_target": choice}
+    train = features.get("train")
+    if train is None:
+        raise VididiError("analysis.cam_target probe_logit needs train features to fit the probe")
+    pcfg = config["evaluation"]["probe"]
+    model = fit_probe(train["features"], train["labels"], Cs=pcfg["Cs"], val_fraction=pcfg["val_fraction"], seed=run.seed)
+    return probe_logit_targets(model), {"cam_target": choice, "probe_C": model.C}
 
 
 def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
@@ -68,15 +88,18 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     reader = FrameReader(index)
     shown = set(figure_videos(index, fig_cfg["attention_videos"]))
     encoder = frame_encoder.encoder
-    shares, figure = [], {"video_ids": [], "clips": [], "cams": [], "masks": []}
+    target_for, target_note = cam_targets(config, run, features)
+    shares, uniform, figure = [], [], {"video_ids": [], "clips": [], "cams": [], "masks": []}
     for video in progress(index.select("test"), desc=f"attention {eval_dataset}", unit="video"):
         frames = middle_clip_frames(int(index.n_frames[video]), clips_cfg["frames"], clips_cfg["stride"])
         clip = centre_crop(reader.read(video, frames), clips_cfg["size"])  # (3, T, S, S) uint8
         cam = grad_cam(encoder, encoder.last_block, frame_encoder.inputs(clip[None]),
-                       target_fn=lambda z: z.float().square().sum(dim=1))[0].cpu()  # fmt: skip
+                       target_fn=target_for(int(index.label[video])))[0].cpu()  # fmt: skip
         masks = object_masks(config, eval_dataset, index, video, frames, clips_cfg["size"])
         if masks is not None:
             shares.append(float(attention_share(cam[None], masks[None], dilation=MASK_DILATION)[0]))
+            if np.isfinite(shares[-1]):  # the level of a constant map on the same clip
+                uniform.append(float(attention_share(torch.ones_like(cam)[None], masks[None], dilation=MASK_DILATION)[0]))
         if video in shown:
             figure["video_ids"].append(str(index.video_id[video]))
             figure["clips"].append(clip.numpy())
@@ -88,11 +111,15 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
         for key in ("clips", "cams", "masks"):
             h5[key] = np.stack(figure[key])
     finite = [s for s in shares if np.isfinite(s)]
-    metrics = {"silhouette": sil, "object_attention": float(np.mean(finite)) if finite else None}
+    metrics = {"silhouette": sil, "object_attention": float(np.mean(finite)) if finite else None,
+               "object_attention_uniform": float(np.mean(uniform)) if uniform else None}  # fmt: skip
     protocol = {
         "silhouette": {"classes": [features["classes"][c] for c in top], "metric": "cosine",
                        "features": "full-dimensional test features", "n": int(keep.sum())},
-        "object_attention": {"method": "Grad-CAM on the last convolutional block, target = squared norm of the pooled embedding",
+        "object_attention": {"method": "Grad-CAM on the last convolutional block, target = " + (
+                                 "squared norm of the pooled embedding" if target_note["cam_target"] == "feature_norm"
+                                 else "the linear probe's logit of the true class"), **target_note,
+                             "uniform": "object_attention_uniform = share of a constant map on the same clips (chance level)",
                              "clip": "middle clip of each test video, centre crop", "mask_dilation_px": MASK_DILATION,
                              "n_videos": len(finite), "available": bool(finite)},
         **note,

@@ -1,7 +1,8 @@
 """`vididi detection`: temporal action detection over a run's frozen window features (stages/features.py).
 
-A window classifier (logistic regression with a background class, C chosen as for the probe) is
-trained on the windows of the untrimmed TRAIN videos; per-class score curves of the untrimmed TEST
+A window classifier (logistic regression with a background class, C chosen as for the probe; with
+`evaluation.detection.c_selection: videos` on held-out training videos, `evaluation.probe.grouped_split`,
+instead of a stratified part of all windows) is trained on the windows of the untrimmed TRAIN videos; per-class score curves of the untrimmed TEST
 videos -> segments at several thresholds -> per-class NMS -> AP per class and mAP at tIoU 0.3:0.1:0.7
 (evaluation/detection.py, ActivityNet-style matching and interpolation). Writes
 `layout.metrics_file(config, run, "detection", eval_dataset)` and the detections in the THUMOS14
@@ -42,8 +43,10 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     # Window classifier with a background class (label len(classes)), trained on train videos only.
     labels = window_targets(windows, is_train, ground_truth, len(classes), dcfg["min_overlap"])
     x_train = windows["features"][is_train]
+    by_video = windows["video_ids"][is_train] if dcfg["c_selection"] == "videos" else None
     best_C, val_scores = select_regularisation(x_train, labels, config["evaluation"]["probe"]["Cs"],
-                                               config["evaluation"]["probe"]["val_fraction"], run.seed)  # fmt: skip
+                                               config["evaluation"]["probe"]["val_fraction"], run.seed,
+                                               groups=by_video)  # fmt: skip
     scaler = StandardScaler().fit(x_train)
     clf = LogisticRegression(C=best_C, max_iter=2000).fit(scaler.transform(x_train), labels)
     probs = np.zeros((int((~is_train).sum()), len(classes) + 1))
@@ -57,7 +60,10 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     metrics = {f"mAP@{t:g}": result["map"][t] for t in dcfg["tious"]}
     metrics["mAP_mean"] = result["average_map"]
     protocol = {"classifier": "logistic regression with a background class on window features (train videos)",
-                "C": best_C, "val_scores": val_scores, "window_step": dcfg["window_step"],
+                "C": best_C, "val_scores": val_scores, "C_selected_on": {
+                    "windows": "a stratified part of all training windows (windows of one video on both sides)",
+                    "videos": "held-out training videos (no video on both sides)"}[dcfg["c_selection"]],
+                "window_step": dcfg["window_step"],
                 "min_overlap": dcfg["min_overlap"], "thresholds": dcfg["thresholds"], "nms_iou": dcfg["nms_iou"],
                 "tious": dcfg["tious"], "matching": "ActivityNet-style (highest-tIoU unmatched ground truth)",
                 "n_test_videos": len(test_videos), "n_ground_truth": len(truth), "n_detections": len(detections),

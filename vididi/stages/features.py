@@ -10,7 +10,10 @@ Output results/<dataset>/runs/<run>/features/<eval_dataset>.h5:
     train/, test/     features (N, D) float32 = mean over K uniformly spaced clips, labels, video_ids
     windows/          sliding-window features over untrimmed videos with video_ids, subset ("train" for
                       the detection classifier, "test" for evaluation), start/end in seconds
+    target_train/, target_test/  with `evaluation.target_encoder` on a BYOL run: the same videos
+                      through its EMA target encoder (features, labels), for target_R@k / target_top1
     attrs             checkpoint, settings hash, bn_recalibrated, clips per video, feature_dim
+                      (and target_bn_recalibrated)
 """
 
 from __future__ import annotations
@@ -57,7 +60,22 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
         untrimmed = [(s, index.select(s, untrimmed=True)) for s in ("train", "test")]
         if any(len(v) for _, v in untrimmed):
             _window_features(h5, frame_encoder, index, untrimmed, clips_cfg, ev, eval_dataset)
+        if ev["target_encoder"] and run.framework == "byol":
+            _target_features(h5, config, run, device, index, clips_cfg, ev, eval_dataset)
     return out
+
+
+def _target_features(h5, config, run, device, index, clips_cfg, ev, eval_dataset) -> None:
+    """target_train/, target_test/: the same videos through a BYOL run's EMA target encoder (its
+    BatchNorm statistics re-estimated like the online encoder's), for target_R@k / target_top1."""
+    frame_encoder, note = prepare_encoder(config, run, device, which="target_encoder")
+    for subset in ("train", "test"):
+        videos = index.select(subset)
+        if len(videos):
+            group = h5.create_group(f"target_{subset}")
+            group["features"] = _video_features(frame_encoder, index, videos, clips_cfg, ev, f"{eval_dataset} target {subset}")
+            group["labels"] = index.label[videos]
+    h5.attrs["target_bn_recalibrated"] = note["bn_recalibrated"]
 
 
 def _video_features(frame_encoder, index, videos, clips_cfg, ev, desc) -> np.ndarray:

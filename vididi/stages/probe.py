@@ -1,7 +1,8 @@
 """`vididi probe`: linear probe on a run's frozen features.
 
 Multinomial logistic regression on standardised features; C chosen on a stratified validation part
-of the TRAIN split; top-1 / top-5 on test (evaluation/probe.py). Writes
+of the TRAIN split; top-1 / top-5 on test (evaluation/probe.py); target_top1 / target_top5 the same
+for a BYOL run's EMA target encoder when the features file holds its features. Writes
 `layout.metrics_file(config, run, "probe", eval_dataset)`.
 """
 
@@ -23,6 +24,11 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     result = linear_probe(train["features"], train["labels"], test["features"], test["labels"],
                           Cs=pcfg["Cs"], val_fraction=pcfg["val_fraction"], seed=run.seed)  # fmt: skip
     metrics = {"top1": result["top1"], "top5": result["top5"]}
+    if "target_test" in features:  # a BYOL run's EMA target encoder (evaluation.target_encoder)
+        target = linear_probe(features["target_train"]["features"], features["target_train"]["labels"],
+                              features["target_test"]["features"], features["target_test"]["labels"],
+                              Cs=pcfg["Cs"], val_fraction=pcfg["val_fraction"], seed=run.seed)  # fmt: skip
+        metrics.update(target_top1=target["top1"], target_top5=target["top5"])
     protocol = {"model": "multinomial logistic regression on standardised features",
                 "C_selected_on": f"{pcfg['val_fraction']} of the train split (stratified)", **result,
                 "bn_recalibrated": bool(features["attrs"]["bn_recalibrated"])}  # fmt: skip

@@ -1,7 +1,8 @@
 """`vididi retrieval`: kNN video retrieval over a run's frozen features.
 
 Every test video queries all train videos by cosine similarity; Recall@k = share of queries with a
-same-class video among the k nearest (evaluation/retrieval.py). Writes
+same-class video among the k nearest (evaluation/retrieval.py); target_R@k the same for a BYOL
+run's EMA target encoder when the features file holds its features (`evaluation.target_encoder`). Writes
 `layout.metrics_file(config, run, "retrieval", eval_dataset)`.
 """
 
@@ -22,6 +23,10 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     ks = config["evaluation"]["retrieval_ks"]
     result = recall_at_k(test["features"], test["labels"], train["features"], train["labels"], ks=ks)
     metrics = {f"R@{k}": v for k, v in result.recall.items()}
+    if "target_test" in features:  # a BYOL run's EMA target encoder (evaluation.target_encoder)
+        target = recall_at_k(features["target_test"]["features"], features["target_test"]["labels"],
+                             features["target_train"]["features"], features["target_train"]["labels"], ks=ks)  # fmt: skip
+        metrics.update({f"target_R@{k}": v for k, v in target.recall.items()})
     protocol = {"queries": "test split", "gallery": "train split", "similarity": "cosine",
                 "hit": "any same-class video among the top k", "ks": ks,
                 "n_queries": len(test["labels"]), "gallery_size": result.gallery_size,

@@ -21,11 +21,15 @@ from .. import layout
 from ..utils import VididiError, write_text
 
 METRIC_COLUMNS = {  # metric file stem (layout.metrics_stem) -> (metric key -> column)
-    "retrieval": {"R@1": "R@1", "R@5": "R@5", "R@10": "R@10", "R@20": "R@20", "R@50": "R@50"},
-    "probe": {"top1": "probe_top1", "top5": "probe_top5"},
+    "retrieval": {"R@1": "R@1", "R@5": "R@5", "R@10": "R@10", "R@20": "R@20", "R@50": "R@50",
+                  "target_R@1": "target_R@1"},  # BYOL's EMA target, with evaluation.target_encoder only
+    "probe": {"top1": "probe_top1", "top5": "probe_top5", "target_top1": "target_probe_top1"},
     "detection": {"mAP@0.5": "det_mAP@0.5", "mAP_mean": "det_mAP_mean"},
-    "analysis": {"silhouette": "silhouette", "object_attention": "object_attention"},
+    "analysis": {"silhouette": "silhouette", "object_attention": "object_attention",
+                 "object_attention_uniform": "attention_uniform"},
 }
+# Columns shown only with an opt-in setting, so the default tables keep their published columns.
+OPT_IN_COLUMNS = {"attention_uniform": lambda config: config["analysis"]["cam_target"] != "feature_norm"}
 KEY_COLUMNS = ["framework", "variant", "backbone", "seed", "eval_dataset"]
 COST_COLUMNS = ["steps", "pretrain_s", "eval_s"]
 
@@ -63,7 +67,7 @@ def collect_rows(config: dict, dataset: str) -> list[dict]:
             for stage in stages:
                 metrics = _read_metrics(layout.metrics_file(config, run, stage, eval_dataset))
                 for key, column in METRIC_COLUMNS[layout.metrics_stem(stage)].items():
-                    if key in metrics:
+                    if key in metrics and OPT_IN_COLUMNS.get(column, lambda _: True)(config):
                         row[column] = metrics[key]
             for stage in ["features", *stages]:
                 eval_s += _benchmark_seconds(layout.run_benchmark(config, run, f"{stage}-{eval_dataset}")) or 0.0

@@ -78,7 +78,7 @@ def run_of(wildcards):
 def eval_hash(wildcards):
     """What evaluation outputs depend on beyond their input files."""
     ds = config["datasets"][wildcards.eval_dataset]
-    return vc.settings_hash([config["evaluation"], ds["clips"], ds["split"]])
+    return vc.settings_hash([vc.evaluation_settings(config), ds["clips"], ds["split"]])
 
 
 def metric_files(dataset):

@@ -79,7 +79,7 @@ rule attention:
         L.run_benchmark(config, RUN, "attention-{eval_dataset}")
     params:
         cmd=vididi("attention"),
-        settings=lambda w: vc.settings_hash([eval_hash(w), config["figures"]]),
+        settings=lambda w: vc.settings_hash([eval_hash(w), config["figures"], *vc.analysis_settings(config)]),
     threads: config["threads"]
     resources:
         gpu=1 if config["device"] == "cuda" else 0,

@@ -1,0 +1,130 @@
+"""Scene bias (issue 13): the class-pool background knob and the out-of-context split 3.
+
+Videos are rendered in-process (ffmpeg replaced by a recorder) so every comparison is exact: the
+same machine computes both sides.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_synthetic import MICRO, synthetic_settings
+
+from vididi.config import raw_settings
+from vididi.data import synthetic
+from vididi.data.synthetic import Appearance, render, sample_motion
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """video id -> frames, instead of H.264 files."""
+    frames: dict[str, np.ndarray] = {}
+
+    def fake_encode(video, path, fps, crf):
+        frames[Path(path).parent.name + "/" + Path(path).stem] = np.asarray(video).copy()
+
+    monkeypatch.setattr(synthetic, "encode_h264", fake_encode)
+    return frames
+
+
+def make(tmp_path, cfg, job, seed=0):
+    synthetic._init_worker(str(tmp_path), cfg, seed)
+    return synthetic._make_video(job)
+
+
+def legacy_video(cfg, seed, ci, name, g, c):
+    """The recipe of a trimmed video before the scene-bias knob existed (issue 13), step by step."""
+    app = Appearance(cfg, seed)
+    rng = np.random.default_rng([seed, ci, g, c])
+    scene, info = app.scene(rng)
+    track, opacity = sample_motion(app, name, rng, cfg["frames"])
+    frames, masks = render(app, scene, track, opacity, rng)
+    return frames, masks, info, track
+
+
+def test_p0_is_the_dataset_made_before_the_knob(tmp_path, recorded):
+    cfg = synthetic_settings(tmp_path)
+    assert cfg["scene_bias"] == 0 and cfg["ooc_split"] is False
+    for ci, name in enumerate(MICRO["classes"]):
+        vid, masks, info = make(tmp_path, cfg, ("trimmed", ci, name, 2, 1, "test"))
+        frames, legacy_masks, legacy_info, track = legacy_video(cfg, 0, ci, name, 2, 1)
+        assert np.array_equal(recorded[vid], frames) and np.array_equal(masks, legacy_masks)
+        assert info == {"class": name, "split": "test", **legacy_info, "track": np.round(track, 2).tolist()}
+    # the new keys at their defaults change no recorded setting and no settings hash
+    assert not {"scene_bias", "scene_pool", "ooc_split"} & set(raw_settings({"datasets": {"d": {
+        "source": "synthetic", "root": None, "seed": 0, "synthetic": cfg}}}, "d")["synthetic"])  # fmt: skip
+
+
+def test_p1_draws_every_background_from_the_class_pool(tmp_path, recorded):
+    cfg = synthetic_settings(tmp_path, scene_bias=1.0, scene_pool=3)
+    app = Appearance(cfg, 0)
+    for ci, name in enumerate(MICRO["classes"]):
+        for g in (1, 2):
+            vid, masks, info = make(tmp_path, cfg, ("trimmed", ci, name, g, 1, "train"))
+            assert info["scene_class"] == name and 0 <= info["scene_index"] < 3
+            app.class_background(ci, np.random.default_rng(0))  # builds the pools
+            expected_bg = app._class_pools[ci][info["scene_index"]]
+            # far from the sprite (the whole track) and with no distractors, a pixel is the pool background
+            frames, legacy_masks, _, track = legacy_video(cfg, 0, ci, name, g, 1)
+            assert np.array_equal(masks, legacy_masks)  # the motion is the one drawn at p = 0
+            if info["distractors"] == 0:
+                static = ~masks.any(axis=0)
+                diff = np.abs(recorded[vid][0] / 255.0 - expected_bg)[static]
+                assert np.median(diff) < 0.05  # up to sensor noise
+    # p = 0.5: some videos keep their own background, some take the pool's
+    cfg = synthetic_settings(tmp_path, scene_bias=0.5)
+    hits = [make(tmp_path, cfg, ("trimmed", 0, "LinearMotion", 1, c, "train"))[2]["scene_class"] for c in range(1, 13)]
+    assert 0 < sum(h is not None for h in hits) < len(hits)
+
+
+def test_ooc_twin_shares_the_motion_and_changes_the_scene_class(tmp_path, recorded):
+    cfg = synthetic_settings(tmp_path, scene_bias=1.0, ooc_split=True)
+    for ci, name in enumerate(MICRO["classes"]):
+        vid, masks, info = make(tmp_path, cfg, ("trimmed", ci, name, 2, 1, "test"))
+        twin, twin_masks, twin_info = make(tmp_path, cfg, ("ooc", ci, name, 2, 1, "test"))
+        assert twin == vid + "_ooc" and twin_info["twin_of"] == vid
+        assert twin_info["track"] == info["track"] and np.array_equal(twin_masks, masks)  # same motion
+        assert twin_info["class"] == name and twin_info["scene_class"] != name  # another class's scene
+        assert twin_info["scene_class"] in MICRO["classes"]
+        on_object = masks.any(axis=0)
+        assert not np.array_equal(recorded[twin][:, ~on_object], recorded[vid][:, ~on_object])  # background differs
+
+
+def test_ooc_split_lists(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "encode_h264", lambda video, path, fps, crf: Path(path).parent.mkdir(parents=True, exist_ok=True))
+    cfg = synthetic_settings(tmp_path, ooc_split=True, untrimmed={"train": 0, "test": 0})
+    root = tmp_path / "ds"
+    synthetic.generate(root, cfg, seed=0)
+    read = lambda name: (root / name).read_text().split("\n")[:-1]  # noqa: E731
+    assert read("trainlist03.txt") == read("trainlist01.txt")
+    assert read("testlist03.txt") == [f"{line[:-4]}_ooc.mp4" for line in read("testlist01.txt")]
+    meta = json.loads((root / "metadata.json").read_text())
+    assert meta["settings"]["ooc_split"] is True
+    assert all(meta["videos"][line[:-4]]["scene_class"] != meta["videos"][line[:-4]]["class"] for line in read("testlist03.txt"))
+
+
+def test_split_3_indexes_the_twins_as_test_and_split_1_ignores_them(tmp_path):
+    from conftest import TINY, tiny_config
+    from vididi.data.extract import build_index, extract_shard, write_manifest
+    from vididi.data.shards import DatasetIndex
+    from vididi.layout import raw_dir, read_manifest, shard_dir
+
+    block = {**TINY["datasets"]["synthetic"]["synthetic"], "ooc_split": True, "scene_bias": 0.5,
+             "untrimmed": {"train": 0, "test": 0}}  # fmt: skip
+    config = tiny_config(tmp_path, datasets={"synthetic": {"synthetic": block, "split": "3"}})
+    ds = config["datasets"]["synthetic"]
+    synthetic.generate(raw_dir(config, "synthetic"), ds["synthetic"], seed=ds["seed"], workers=2)
+    write_manifest(config, "synthetic")
+    for shard in range(read_manifest(config, "synthetic")["n_shards"]):
+        extract_shard(config, "synthetic", shard)
+    build_index(config, "synthetic")
+    index = DatasetIndex.for_dataset(config, "synthetic")
+    ooc_test = sorted(index.video_id[index.select("test")])
+    assert ooc_test and all(v.endswith("_ooc") for v in ooc_test)
+    in_context = DatasetIndex.for_dataset({**config, "datasets": {"synthetic": {**ds, "split": "1"}}}, "synthetic")
+    assert sorted(index.video_id[index.select("train")]) == sorted(in_context.video_id[in_context.select("train")])
+    assert sorted(f"{v}_ooc" for v in in_context.video_id[in_context.select("test")]) == ooc_test
+    assert index.stats and shard_dir(config, "synthetic").is_dir()
