@@ -17,7 +17,7 @@ must return identical ranks; the script checks it wherever both ran.
     .venv/bin/python benchmarks/bench_retrieval.py --sizes 10000 --queries 128
     .venv/bin/python benchmarks/bench_retrieval.py --probe 10000,40000     # linear probe cost only
 
---probe N,...: the linear probe's cost per lbfgs iteration (vididi.probe._fit_classifier, the same
+--probe N,...: the linear probe's cost per lbfgs iteration (vididi.evaluation.probe._fit_classifier, the same
 scikit-learn fit the probe runs 8 times: 7 values of C + the refit) on N synthetic 512-d features of
 400 classes, --probe-iters iterations, fresh process each; time per iteration and peak memory, and the
 linear extrapolation to Kinetics-400's ~240k training videos (time per iteration grows ~linearly in N).

@@ -225,7 +225,7 @@ def test_every_snakemake_rule_has_a_docstring():
     assert not missing, missing
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/method.md", "docs/design.md", "docs/results.md"])
+@pytest.mark.parametrize("page", ["README.md", "docs/method.md", "docs/design.md", "docs/results.md", "docs/science.md"])
 def test_local_links_resolve(page):
     """Every relative link of the page points to a file of the repository (the deployment and
     benchmark pages are written by their own change; they may not be here yet)."""
