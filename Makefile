@@ -60,10 +60,13 @@ BASE ?= python:3.11-slim-bookworm
 BASE_DEBIAN ?= vididi-base:bookworm
 DEBIAN_MIRROR ?= http://deb.debian.org/debian
 # docker where a daemon answers, else podman. ENGINE_FLAGS go before the subcommand (podman: e.g.
-# --storage-driver vfs --runtime /usr/sbin/runc --cgroup-manager cgroupfs), RUN_FLAGS after `run`.
+# --storage-driver vfs --runtime /usr/sbin/runc --cgroup-manager cgroupfs), RUN_FLAGS after `build`
+# and `run`, BUILD_FLAGS after `build` only (with podman's vfs driver, where every layer is a full
+# copy of the file system: --layers=false, one layer on the base instead of a 7 GB copy per step).
 ENGINE ?= $(shell if docker info >/dev/null 2>&1; then echo docker; elif command -v podman >/dev/null; then echo podman; fi)
 ENGINE_FLAGS ?=
 RUN_FLAGS ?=
+BUILD_FLAGS ?=
 # the paper configs' loader workers need more than Docker's 64 MB of /dev/shm
 SHM ?= --shm-size=8g
 CONTAINER := $(strip $(ENGINE) $(ENGINE_FLAGS))
@@ -92,7 +95,7 @@ base-debian:
 image: wheelhouse/.complete
 	@test -n "$(ENGINE)" || { echo "make image: needs docker or podman"; exit 1; }
 	@start=$$(date +%s); \
-	$(CONTAINER) build $(RUN_FLAGS) --build-arg BASE=$(BASE) -t $(IMAGE) . || exit 1; \
+	$(CONTAINER) build $(RUN_FLAGS) $(BUILD_FLAGS) --build-arg BASE=$(BASE) -t $(IMAGE) . || exit 1; \
 	echo "make image: $(IMAGE) built in $$(( $$(date +%s) - start )) s, $$($(CONTAINER) image inspect --format '{{.Size}}' $(IMAGE) | awk '{printf "%.2f GB", $$1 / 1e9}')"
 
 # The repository is mounted at its own path (as Apptainer does), the container runs as the calling
