@@ -165,7 +165,7 @@ def test_the_image_installs_the_tested_python_and_versions():
     args = [args for name, args in instructions if name == "ARG"]
     assert args == [f"BASE=python:{sys.version_info.major}.{sys.version_info.minor}-slim-bookworm"], args  # the interpreter the suite runs on
     runs = " ".join(args for name, args in instructions if name == "RUN")
-    installs = re.findall(r"pip install [^&]*", runs)
+    installs = [cmd for name, args in instructions if name == "RUN" for cmd in re.findall(r"pip install [^&]*", args)]
     assert installs and all("--no-cache-dir" in cmd for cmd in installs), installs
     third_party = [cmd for cmd in installs if "--no-deps" not in cmd]
     assert third_party and all("-c /opt/vididi/constraints.txt" in cmd for cmd in third_party), third_party
