@@ -291,7 +291,7 @@ def test_profiles_parse_and_name_the_expected_keys():
 
     options = snakemake_options()
     profiles = {}
-    for name in ("default", "slurm"):
+    for name in ("default", "slurm", "slurm-local"):
         path = PROFILES / name / "config.yaml"
         profiles[name] = read_yaml(path)
         unknown = set(profiles[name]) - options
