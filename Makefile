@@ -54,7 +54,7 @@ docs:
 #   make image         the image, with docker or podman (BASE=... picks the base image)
 #   make image-test    the test suite and the default pipeline inside the image, outputs on the host
 #   make sif           vididi.sif (Apptainer) from the image: what `--use-singularity` runs
-VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= vididi:$(VERSION)
 BASE ?= python:3.11-slim-bookworm
 BASE_DEBIAN ?= vididi-base:bookworm
@@ -69,7 +69,7 @@ RUN_FLAGS ?=
 BUILD_FLAGS ?=
 # the paper configs' loader workers need more than Docker's 64 MB of /dev/shm
 SHM ?= --shm-size=8g
-CONTAINER := $(strip $(ENGINE) $(ENGINE_FLAGS))
+CONTAINER = $(strip $(ENGINE) $(ENGINE_FLAGS))
 # the Python packages of the image: the project's dependencies and its test extra, at constraints.txt
 WHEEL_REQUIREMENTS = $(PYTHON) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['test'] + ['setuptools>=68']))"
 

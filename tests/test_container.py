@@ -103,7 +103,7 @@ def test_use_singularity_without_the_image_stops_with_one_line(tmp_path):
     done = snakemake(tmp_path, "-n", "--use-singularity", "--configfile", str(REPO / "config.yaml"))
     assert done.returncode != 0
     assert stderr_lines(done) == [
-        "vididi: --use-singularity: no image vididi.sif here; build it with `make image sif` (docs/deployment.md)"
+        "vididi: no image vididi.sif here for --use-singularity; build it with `make image sif` (docs/deployment.md)"
     ], done.stderr
 
 
