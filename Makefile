@@ -45,3 +45,70 @@ docs:
 	    echo "docs/figures/$$name <- $$src"; \
 	  fi; \
 	done
+
+# ---------------------------------------------------------------------------------------------------
+# Container image, Apptainer file, SLURM test cluster (docs/deployment.md). None of this is part of
+# `make test` / CI: these targets need a container engine, root or a cluster.
+#   make wheelhouse    the pinned wheels (constraints.txt) for the image, downloaded on this host
+#   make base-debian   a Debian bookworm base image bootstrapped here (no registry needed)
+#   make image         the image, with docker or podman (BASE=... picks the base image)
+#   make image-test    the test suite and the default pipeline inside the image, outputs on the host
+#   make sif           vididi.sif (Apptainer) from the image: what `--use-singularity` runs
+VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= vididi:$(VERSION)
+BASE ?= python:3.11-slim-bookworm
+BASE_DEBIAN ?= vididi-base:bookworm
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+# docker where a daemon answers, else podman. ENGINE_FLAGS go before the subcommand (podman: e.g.
+# --storage-driver vfs --runtime /usr/sbin/runc --cgroup-manager cgroupfs), RUN_FLAGS after `build`
+# and `run`, BUILD_FLAGS after `build` only (with podman's vfs driver, where every layer is a full
+# copy of the file system: --layers=false, one layer on the base instead of a 7 GB copy per step).
+ENGINE ?= $(shell if docker info >/dev/null 2>&1; then echo docker; elif command -v podman >/dev/null; then echo podman; fi)
+ENGINE_FLAGS ?=
+RUN_FLAGS ?=
+BUILD_FLAGS ?=
+# the paper configs' loader workers need more than Docker's 64 MB of /dev/shm
+SHM ?= --shm-size=8g
+CONTAINER = $(strip $(ENGINE) $(ENGINE_FLAGS))
+# the Python packages of the image: the project's dependencies and its test extra, at constraints.txt
+WHEEL_REQUIREMENTS = $(PYTHON) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['test'] + ['setuptools>=68']))"
+
+.PHONY: wheelhouse base-debian image image-test sif
+
+wheelhouse: wheelhouse/.complete
+wheelhouse/.complete: pyproject.toml constraints.txt
+	@mkdir -p wheelhouse
+	$(WHEEL_REQUIREMENTS) > wheelhouse/requirements.txt
+	@$(PYTHON) -c "import sys, platform; sys.exit(None if sys.version_info[:2] == (3, 11) and platform.machine() == 'x86_64' else 'make wheelhouse: needs CPython 3.11 on x86_64 Linux, the interpreter of the image')"
+	$(PYTHON) -m pip download --dest wheelhouse -c constraints.txt -r wheelhouse/requirements.txt
+	touch $@
+
+base-debian:
+	@command -v debootstrap >/dev/null || { echo "make base-debian: needs debootstrap (apt-get install debootstrap) and root"; exit 1; }
+	rm -rf build/rootfs && mkdir -p build
+	debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,ffmpeg,libarchive-tools \
+	  bookworm build/rootfs $(DEBIAN_MIRROR)
+	rm -rf build/rootfs/var/lib/apt/lists/* build/rootfs/var/cache/apt/archives/*.deb
+	tar -C build/rootfs -c . | $(CONTAINER) import --change 'CMD ["/bin/bash"]' - $(BASE_DEBIAN)
+	rm -rf build/rootfs
+
+image: wheelhouse/.complete
+	@test -n "$(ENGINE)" || { echo "make image: needs docker or podman"; exit 1; }
+	@start=$$(date +%s); \
+	$(CONTAINER) build $(RUN_FLAGS) $(BUILD_FLAGS) --build-arg BASE=$(BASE) -t $(IMAGE) . || exit 1; \
+	echo "make image: $(IMAGE) built in $$(( $$(date +%s) - start )) s, $$($(CONTAINER) image inspect --format '{{.Size}}' $(IMAGE) | awk '{printf "%.2f GB", $$1 / 1e9}')"
+
+# The repository is mounted at its own path (as Apptainer does), the container runs as the calling
+# user, so the outputs on the host belong to the user. The pipeline writes results/image-test/.
+IMAGE_RUN = $(CONTAINER) run --rm $(RUN_FLAGS) $(SHM) -u "$$(id -u):$$(id -g)" -e HOME=/tmp \
+	-v "$(CURDIR)":"$(CURDIR)" -w "$(CURDIR)" $(IMAGE)
+image-test:
+	$(IMAGE_RUN) python -m pytest -q -p no:cacheprovider -m "not slow" tests
+	$(IMAGE_RUN) snakemake --cores 2 --config results_dir=results/image-test data_dir=data/image-test
+	@echo "make image-test: results/image-test/synthetic/summary.md"
+
+sif:
+	@command -v apptainer >/dev/null || { echo "make sif: needs Apptainer (https://apptainer.org/docs/admin/main/installation.html)"; exit 1; }
+	mkdir -p build && $(CONTAINER) save -o build/vididi-image.tar $(IMAGE)
+	apptainer build --force vididi.sif docker-archive://build/vididi-image.tar
+	rm -f build/vididi-image.tar

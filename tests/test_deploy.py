@@ -161,12 +161,15 @@ def test_hadolint_reports_nothing():
 def test_the_image_installs_the_tested_python_and_versions():
     instructions = dockerfile_instructions()
     base = [args for name, args in instructions if name == "FROM"]
-    assert base == [f"python:{sys.version_info.major}.{sys.version_info.minor}-slim-bookworm"], base  # the interpreter the suite runs on
+    assert base == ["${BASE}"], base  # a build argument: `make image BASE=...` (docs/deployment.md)
+    args = [args for name, args in instructions if name == "ARG"]
+    assert args == [f"BASE=python:{sys.version_info.major}.{sys.version_info.minor}-slim-bookworm"], args  # the interpreter the suite runs on
     runs = " ".join(args for name, args in instructions if name == "RUN")
-    installs = re.findall(r"pip install [^&]*", runs)
+    installs = [cmd for name, args in instructions if name == "RUN" for cmd in re.findall(r"pip install [^&]*", args)]
     assert installs and all("--no-cache-dir" in cmd for cmd in installs), installs
     third_party = [cmd for cmd in installs if "--no-deps" not in cmd]
     assert third_party and all("-c /opt/vididi/constraints.txt" in cmd for cmd in third_party), third_party
+    assert all("--no-index --find-links /wheelhouse" in cmd for cmd in installs), installs  # `make wheelhouse`, no index
     assert re.search(r"apt-get install[^&]* ffmpeg libarchive-tools", runs), "ffmpeg and bsdtar (libarchive-tools) must be installed"
     users = [args for name, args in instructions if name == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), users
@@ -178,12 +181,14 @@ def test_build_context_is_exactly_what_the_dockerfile_copies():
         if name == "COPY":
             tokens = [t for t in args.split() if not t.startswith("--")]
             sources.update(t.rstrip("/") for t in tokens[:-1])
+        if name == "RUN":  # RUN --mount=type=bind,source=wheelhouse,...: from the build context too
+            sources.update(re.findall(r"--mount=type=bind,source=([^,\s]+)", args))
     lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
     patterns = [line for line in lines if line and not line.startswith("#")]
     assert patterns[0] == "*", "the .dockerignore must start by leaving everything out"
     included = {line[1:].rstrip("/") for line in patterns if line.startswith("!")}
     assert included == sources, f".dockerignore lets in {sorted(included)}, the Dockerfile copies {sorted(sources)}"
-    for source in sources:
+    for source in sources - {"wheelhouse"}:  # made by `make wheelhouse`, not in the repository
         assert (REPO / source).exists(), source
     # a symlink in the package must point at a file that is copied too, or the image gets a dangling link
     for link in (p for p in (REPO / "vididi").rglob("*") if p.is_symlink()):
@@ -284,7 +289,7 @@ def test_profiles_parse_and_name_the_expected_keys():
 
     options = snakemake_options()
     profiles = {}
-    for name in ("default", "slurm"):
+    for name in ("default", "slurm", "slurm-local"):
         path = PROFILES / name / "config.yaml"
         profiles[name] = read_yaml(path)
         unknown = set(profiles[name]) - options

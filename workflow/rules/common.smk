@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(workflow.basedir).parent))  # vididi.config needs on
 os.environ.update(VIDIDI_REPO=str(Path(workflow.basedir).parent))
 CONDA_ENV = "../../envs/vididi.yaml"  # for --use-conda, relative to workflow/rules/
 
+from snakemake.settings.types import DeploymentMethod
+
 from vididi import config as vc
 from vididi import layout as L
 from vididi import names
@@ -43,13 +45,36 @@ def names_of(*sources):
     return names.pattern([name for name, ds in config["datasets"].items() if ds["source"] in sources])
 
 
-def _python():
-    """The interpreter that runs the stages. On the host: the one running Snakemake (the project's
-    environment, activated or not: `.venv/bin/snakemake` works without `source .venv/bin/activate`).
-    Under --use-conda / --use-singularity the job runs in that environment, whose own `python` it uses."""
-    from snakemake.settings.types import DeploymentMethod
+# Under --use-singularity every job runs in the image named by `container` (default: vididi.sif, which
+# `make image sif` builds; docs/deployment.md). Stop at once, in one line, if that file is missing.
+IN_IMAGE = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
+REPO = Path(workflow.basedir).parent
+if IN_IMAGE and "://" not in config["container"] and not Path(config["container"]).is_file():
+    sys.exit(f"vididi: no image {config['container']} here for --use-singularity; build it with `make image sif` (docs/deployment.md)")
+# Snakemake itself running inside the image (`docker run ... snakemake`, `make image-test`): its
+# packages must be the ones the checkout pins, since the checkout's code runs on them.
+IMAGE_VENV = Path(os.sep, "opt", "venv")  # the image's environment and pins (Dockerfile)
+IMAGE_PINS = Path(os.sep, "opt", "vididi", "constraints.txt")
+if sys.prefix == str(IMAGE_VENV) and IMAGE_PINS.is_file() and IMAGE_PINS.read_text() != (REPO / "constraints.txt").read_text():
+    sys.exit(f"vididi: this image was built from another constraints.txt than {REPO}'s; rebuild it with `make image`")
 
-    if workflow.deployment_settings.deployment_method & {DeploymentMethod.CONDA, DeploymentMethod.APPTAINER}:
+
+def _python():
+    """The interpreter that runs the stages, always on the checkout's code (`-m vididi.cli`). On the host:
+    the one running Snakemake (the project's environment, activated or not: `.venv/bin/snakemake` works
+    without `source .venv/bin/activate`). Under --use-conda: the environment's `python` (it installs the
+    checkout editable). Under --use-singularity, the image's Python with the checkout first on
+    PYTHONPATH, after a check that the image's packages are the versions the checkout pins (else one
+    line naming the differing pins)."""
+    methods = workflow.deployment_settings.deployment_method
+    if DeploymentMethod.APPTAINER in methods:
+        repo = shlex.quote(str(REPO))
+        check = (
+            f"d=$(diff {IMAGE_PINS} {repo}/constraints.txt 2>&1 | grep -v -e '^[0-9]' -e '^---$' | tr '\\n' ' '); "
+            f'[ -z "$d" ] || {{ echo "vididi: image and checkout pin other versions (< image, > checkout): $d; rebuild: make image sif" >&2; exit 1; }}; '
+        )
+        return f"{check}PYTHONPATH={repo} {IMAGE_VENV}/bin/python"
+    if DeploymentMethod.CONDA in methods:
         return "python"
     return shlex.quote(sys.executable)
 

@@ -1,0 +1,246 @@
+"""The container and cluster paths without an engine or a cluster (docs/deployment.md): the Makefile's
+image targets, the default `container:` and what --use-singularity does without it, the shell prefix
+of the jobs inside the image and its version check, the SLURM profiles and the pinned plugin.
+The image itself is built and tested by `make image image-test`, the cluster by
+scripts/slurm-local-cluster.sh; neither runs here."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import BIN, REPO, snakemake
+
+DOCS = REPO / "docs" / "deployment.md"
+
+
+def make_dry(*args: str) -> str:
+    """The commands `make -n` would run (ENGINE given, so no engine is looked for)."""
+    if shutil.which("make") is None:  # the image has no make (its tests run with `make image-test` outside)
+        pytest.skip("no make here")
+    done = subprocess.run(["make", "-n", "-C", str(REPO), *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def stderr_lines(done: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("Using workflow specific profile")]
+
+
+# --------------------------------------------------------------------------------------------------
+# Makefile
+
+
+def test_make_image_builds_with_the_engine_and_base_given():
+    out = make_dry(
+        "image", "ENGINE=podman", "ENGINE_FLAGS=--storage-driver vfs", "BASE=localhost/debian-base:x", "IMAGE=vididi:t"
+    )
+    build = [line for line in out.splitlines() if "podman --storage-driver vfs build" in line]
+    assert build and "--build-arg BASE=localhost/debian-base:x" in build[0] and "-t vididi:t ." in build[0], out
+    default = make_dry("image", "ENGINE=docker")
+    assert "--build-arg BASE=python:3.11-slim-bookworm" in default, default
+
+
+def test_make_image_test_mounts_the_checkout_and_gives_shared_memory():
+    out = make_dry("image-test", "ENGINE=docker", "IMAGE=vididi:t")
+    runs = [line for line in out.splitlines() if line.startswith("docker run")]
+    assert len(runs) == 2, out
+    for line in runs:
+        assert f'-v "{REPO}":"{REPO}"' in line and f'-w "{REPO}"' in line, line
+        assert "--shm-size=" in line and '-u "$(id -u):$(id -g)"' in line, line
+    assert "pytest" in runs[0] and "snakemake --cores 2" in runs[1], runs
+
+
+def test_make_sif_converts_the_saved_image():
+    out = make_dry("sif", "ENGINE=podman", "IMAGE=vididi:t")
+    assert "podman save -o build/vididi-image.tar vididi:t" in out, out
+    assert "apptainer build --force vididi.sif docker-archive://build/vididi-image.tar" in out, out
+
+
+def test_the_wheelhouse_holds_what_the_dockerfile_installs():
+    out = make_dry("wheelhouse", "-B")
+    assert re.search(r"pip download --dest wheelhouse -c constraints.txt -r wheelhouse/requirements.txt", out), out
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "--no-index --find-links /wheelhouse -c /opt/vididi/constraints.txt -r /wheelhouse/requirements.txt" in dockerfile
+
+
+def test_ci_runs_none_of_the_container_targets():
+    ci = (REPO / ".ci" / "run").read_text()
+    test_recipe = make_dry("test", "-W", "pyproject.toml", "-o", ".venv/.installed")
+    for target in ("image", "sif", "wheelhouse", "podman", "docker", "apptainer", "slurm"):
+        assert target not in ci and target not in test_recipe, target
+
+
+# --------------------------------------------------------------------------------------------------
+# the default `container:` and --use-singularity
+
+
+def default_container() -> str:
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    return schema["properties"]["container"]["default"]
+
+
+def test_default_container_is_the_file_make_sif_builds():
+    image = default_container()
+    assert image == "vididi.sif", image
+    assert "/vididi.sif" in (REPO / ".gitignore").read_text().splitlines()
+    assert "container" not in yaml.safe_load((REPO / "config.yaml").read_text())
+    # nothing names an image that no one publishes
+    for path in [*(REPO / "workflow").rglob("*"), REPO / "Makefile", REPO / "Dockerfile", DOCS, REPO / "config.yaml"]:
+        if path.is_file():
+            assert "ghcr.io" not in path.read_text(), path
+
+
+def test_use_singularity_without_the_image_stops_with_one_line(tmp_path):
+    done = snakemake(tmp_path, "-n", "--use-singularity", "--configfile", str(REPO / "config.yaml"))
+    assert done.returncode != 0
+    assert stderr_lines(done) == [
+        "vididi: no image vididi.sif here for --use-singularity; build it with `make image sif` (docs/deployment.md)"
+    ], done.stderr
+
+
+def test_without_use_singularity_a_missing_image_does_not_matter(tmp_path):
+    done = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"))
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def shell_commands(output: str) -> dict[str, str]:
+    """rule -> its (first) shell command, from `snakemake -n -p` output."""
+    commands, rule = {}, None
+    for line in output.splitlines():
+        match = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", line)
+        if match:
+            rule = match.group(1)
+        elif line.startswith("Shell command:") and rule:
+            commands.setdefault(rule, line.removeprefix("Shell command:").strip())
+    return commands
+
+
+@pytest.fixture(scope="module")
+def image_commands(tmp_path_factory) -> dict[str, str]:
+    """The jobs' shell commands under --use-singularity, planned with a stand-in `apptainer` (Snakemake
+    asks for its version) and an empty .sif: nothing runs in a container."""
+    tmp = tmp_path_factory.mktemp("singularity")
+    fake = tmp / "bin" / "apptainer"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'apptainer version 1.3.4'\n")
+    fake.chmod(0o755)
+    (tmp / "vididi.sif").write_bytes(b"")
+    path = f"{fake.parent}{os.pathsep}{os.environ['PATH']}"
+    done = snakemake(tmp, "-n", "-p", "--use-singularity", "--configfile", str(REPO / "config.yaml"), extra_env={"PATH": path})
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return shell_commands(done.stdout)
+
+
+def test_jobs_in_the_image_run_the_checkouts_code_with_the_images_python(image_commands):
+    generate = image_commands["generate"]
+    assert f"PYTHONPATH={shlex.quote(str(REPO))} /opt/venv/bin/python -m vididi.cli generate --dataset synthetic" in generate, (
+        generate
+    )
+    assert image_commands["pretrain"].count("/opt/venv/bin/python -m vididi.cli pretrain") == 1, image_commands["pretrain"]
+    for rule, command in image_commands.items():
+        if rule != "all":
+            assert "/opt/vididi/constraints.txt" in command, (rule, command)
+
+
+def test_jobs_on_the_host_run_the_checkouts_code_with_this_python(tmp_path):
+    done = snakemake(tmp_path, "-n", "-p", "--configfile", str(REPO / "config.yaml"))
+    commands = shell_commands(done.stdout)
+    python = str(BIN / "python")
+    assert commands["generate"].startswith(f"{python} -m vididi.cli generate") or commands["generate"].startswith(
+        f"{python}3 -m vididi.cli generate"
+    ), commands["generate"]
+    assert "/opt/vididi" not in commands["generate"]
+
+
+def run_check(command: str, image_pins: Path) -> subprocess.CompletedProcess:
+    """The version check that precedes a job in the image, with `image_pins` as the image's file."""
+    check = command.split("PYTHONPATH=")[0].replace("/opt/vididi/constraints.txt", str(image_pins))
+    return subprocess.run(["sh", "-c", check + "echo ran"], capture_output=True, text=True, timeout=30)
+
+
+def test_image_with_the_checkouts_pins_runs_the_job(image_commands, tmp_path):
+    pins = tmp_path / "constraints.txt"
+    pins.write_text((REPO / "constraints.txt").read_text())
+    done = run_check(image_commands["generate"], pins)
+    assert done.returncode == 0 and done.stdout == "ran\n", done.stderr
+
+
+def test_image_with_other_pins_stops_the_job_with_one_line_naming_them(image_commands, tmp_path):
+    pins = tmp_path / "constraints.txt"
+    pins.write_text((REPO / "constraints.txt").read_text().replace("torch==2.14.1", "torch==2.13.0"))
+    done = run_check(image_commands["generate"], pins)
+    assert done.returncode == 1 and done.stdout == "", done.stdout
+    (line,) = done.stderr.splitlines()
+    assert "< torch==2.13.0" in line and "> torch==2.14.1" in line and "make image sif" in line, line
+    missing = run_check(image_commands["generate"], tmp_path / "absent.txt")
+    assert missing.returncode == 1 and "make image sif" in missing.stderr, missing.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# SLURM
+
+
+def test_the_slurm_plugin_is_pinned_and_an_extra():
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line)
+    for name in ("snakemake-executor-plugin-slurm", "snakemake-executor-plugin-slurm-jobstep", "pandas"):
+        assert name in pins, name
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(r.startswith("snakemake-executor-plugin-slurm") for r in extras["slurm"]), extras
+
+
+def test_the_test_cluster_profile_differs_from_the_slurm_profile_only_in_size():
+    profiles = REPO / "workflow" / "profiles"
+    site = yaml.safe_load((profiles / "slurm" / "config.yaml").read_text())
+    local = yaml.safe_load((profiles / "slurm-local" / "config.yaml").read_text())
+    assert local["executor"] == site["executor"] == "slurm"
+    for key in ("retries", "rerun-incomplete", "apptainer-args"):
+        assert local[key] == site[key], key
+    assert local["retries"] >= 1  # the resubmission of a killed job
+    assert local["default-resources"]["slurm_partition"] == "cpu" and local["max-threads"] == 2
+    assert set(local["set-resources"]) <= set(site["set-resources"])
+    assert local["set-resources"]["pretrain"]["tasks_per_gpu"] == site["set-resources"]["pretrain"]["tasks_per_gpu"] == 0
+
+
+def test_the_cluster_script_parses_and_stops_what_it_starts():
+    script = REPO / "scripts" / "slurm-local-cluster.sh"
+    assert os.access(script, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    daemons = re.search(r"DAEMONS=\(([^)]*)\)", text).group(1).split()
+    assert set(daemons) == {"slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged"}
+    assert "accounting_storage/slurmdbd" in text and "pkill" not in text and "killall" not in text
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert usage.returncode == 1 and "start|stop|status" in usage.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# docs
+
+
+def test_every_documented_docker_run_has_enough_shared_memory():
+    runs = [line for line in DOCS.read_text().splitlines() if line.lstrip().startswith(("docker run", "podman run"))]
+    assert runs, "docs/deployment.md shows no docker run"
+    for line in runs:
+        assert "--shm-size" in line or "--ipc=host" in line, line
+
+
+def test_the_docs_explain_the_singularity_path():
+    text = DOCS.read_text()
+    for needle in (
+        "snakemake --cores all --use-singularity",
+        "make sif",
+        "--nv",
+        "--bind",
+        "make image",
+        "slurm-local-cluster.sh",
+    ):
+        assert needle in text, needle
