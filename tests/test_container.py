@@ -84,7 +84,7 @@ def test_ci_runs_none_of_the_container_targets():
 
 
 def default_container() -> str:
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load((REPO / "vididi" / "config.schema.yaml").read_text())
     return schema["properties"]["container"]["default"]
 
 
