@@ -244,3 +244,17 @@ def test_the_docs_explain_the_singularity_path():
         "slurm-local-cluster.sh",
     ):
         assert needle in text, needle
+
+
+def test_multi_node_pretraining_under_use_singularity_stops_with_one_line(tmp_path):
+    # srun must start one container per node from the host; inside the rule's container there is no srun
+    fake = tmp_path / "bin" / "apptainer"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'apptainer version 1.3.4'\n")
+    fake.chmod(0o755)
+    (tmp_path / "vididi.sif").write_bytes(b"")
+    path = f"{fake.parent}{os.pathsep}{os.environ['PATH']}"
+    done = snakemake(tmp_path, "-n", "--use-singularity", "--configfile", str(REPO / "config.yaml"),
+                     "--config", "pretrain={nodes: 2, gpus: 2}", extra_env={"PATH": path})  # fmt: skip
+    assert done.returncode != 0
+    assert "vididi: pretrain.nodes > 1 does not run under --use-singularity" in done.stdout + done.stderr

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir).parent))  # vididi.config needs on
 os.environ.update(VIDIDI_REPO=str(Path(workflow.basedir).parent))
 CONDA_ENV = "../../envs/vididi.yaml"  # for --use-conda, relative to workflow/rules/
 
+from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
 from vididi import config as vc
@@ -146,6 +147,10 @@ def pretrain_launcher(wildcards):
     torchrun per node at a c10d rendezvous when it asks for several nodes (vididi/launch.py)."""
     from vididi.launch import launcher_command
 
+    if config["pretrain"]["nodes"] > 1 and DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method:
+        # srun must start one container per node from the host; the rule's shell already runs inside one
+        raise WorkflowError("vididi: pretrain.nodes > 1 does not run under --use-singularity (srun is not in the "
+                            "image); run multi-node pretraining with the host environment (docs/deployment.md)")
     return launcher_command(config["pretrain"]["gpus"], config["pretrain"]["nodes"], _python()) or vididi("pretrain")
 
 
