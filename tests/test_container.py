@@ -124,18 +124,23 @@ def shell_commands(output: str) -> dict[str, str]:
     return commands
 
 
+def fake_apptainer(workdir: Path) -> str:
+    """PATH with a stand-in `apptainer` (Snakemake asks for its version) and an empty vididi.sif in
+    `workdir`: Snakemake plans container jobs, nothing runs in a container."""
+    fake = workdir / "bin" / "apptainer"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'apptainer version 1.3.4'\n")
+    fake.chmod(0o755)
+    (workdir / "vididi.sif").write_bytes(b"")
+    return f"{fake.parent}{os.pathsep}{os.environ['PATH']}"
+
+
 @pytest.fixture(scope="module")
 def image_commands(tmp_path_factory) -> dict[str, str]:
     """The jobs' shell commands under --use-singularity, planned with a stand-in `apptainer` (Snakemake
     asks for its version) and an empty .sif: nothing runs in a container."""
     tmp = tmp_path_factory.mktemp("singularity")
-    fake = tmp / "bin" / "apptainer"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho 'apptainer version 1.3.4'\n")
-    fake.chmod(0o755)
-    (tmp / "vididi.sif").write_bytes(b"")
-    path = f"{fake.parent}{os.pathsep}{os.environ['PATH']}"
-    done = snakemake(tmp, "-n", "-p", "--use-singularity", "--configfile", str(REPO / "config.yaml"), extra_env={"PATH": path})
+    done = snakemake(tmp, "-n", "-p", "--use-singularity", "--configfile", str(REPO / "config.yaml"), extra_env={"PATH": fake_apptainer(tmp)})
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     return shell_commands(done.stdout)
 
@@ -248,13 +253,7 @@ def test_the_docs_explain_the_singularity_path():
 
 def test_multi_node_pretraining_under_use_singularity_stops_with_one_line(tmp_path):
     # srun must start one container per node from the host; inside the rule's container there is no srun
-    fake = tmp_path / "bin" / "apptainer"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho 'apptainer version 1.3.4'\n")
-    fake.chmod(0o755)
-    (tmp_path / "vididi.sif").write_bytes(b"")
-    path = f"{fake.parent}{os.pathsep}{os.environ['PATH']}"
     done = snakemake(tmp_path, "-n", "--use-singularity", "--configfile", str(REPO / "config.yaml"),
-                     "--config", "pretrain={nodes: 2, gpus: 2}", extra_env={"PATH": path})  # fmt: skip
+                     "--config", "pretrain={nodes: 2, gpus: 2}", extra_env={"PATH": fake_apptainer(tmp_path)})  # fmt: skip
     assert done.returncode != 0
     assert "vididi: pretrain.nodes > 1 does not run under --use-singularity" in done.stdout + done.stderr
