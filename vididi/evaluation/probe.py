@@ -120,6 +120,16 @@ def select_regularisation(
     return best_C, val_scores
 
 
+def _select_and_fit(x, y, Cs, val_fraction, seed, max_iter):
+    """C chosen on a validation part of the train split, then the final fit on all of it (shared by
+    `linear_probe` and `fit_probe`, so the Grad-CAM target is the classifier the probe evaluates):
+    (best_C, validation scores, scaler, classifier, converged)."""
+    best_C, val_scores = select_regularisation(x, y, Cs, val_fraction, seed, max_iter)
+    scaler = StandardScaler().fit(x)
+    clf, converged = _fit_classifier(scaler.transform(x), y, best_C, max_iter)
+    return best_C, val_scores, scaler, clf, converged
+
+
 def linear_probe(
     train_x,
     train_y,
@@ -151,9 +161,7 @@ def linear_probe(
             f"the linear probe needs at least 2 classes in the train split, got {np.unique(y).size}"
         )
 
-    best_C, val_scores = select_regularisation(x, y, Cs, val_fraction, seed, max_iter)
-    scaler = StandardScaler().fit(x)
-    clf, converged = _fit_classifier(scaler.transform(x), y, best_C, max_iter)
+    best_C, val_scores, scaler, clf, converged = _select_and_fit(x, y, Cs, val_fraction, seed, max_iter)
     probabilities = clf.predict_proba(scaler.transform(tx))
     top5_k = min(5, clf.classes_.size)
     return {
@@ -207,9 +215,7 @@ def fit_probe(
     """The classifier `linear_probe` evaluates, as a `ProbeModel`: the same C selection and the same
     final fit on the whole train split (deterministic), for uses beyond accuracy (Grad-CAM targets)."""
     x, y = _check_xy(train_x, train_y, "train")
-    best_C, _ = select_regularisation(x, y, Cs, val_fraction, seed, max_iter)
-    scaler = StandardScaler().fit(x)
-    clf, _ = _fit_classifier(scaler.transform(x), y, best_C, max_iter)
+    best_C, _, scaler, clf, _ = _select_and_fit(x, y, Cs, val_fraction, seed, max_iter)
     coef, intercept = clf.coef_.astype(np.float64), clf.intercept_.astype(np.float64)
     if clf.classes_.size == 2:
         coef, intercept = np.vstack([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
