@@ -34,10 +34,14 @@ $(STAMP): pyproject.toml constraints.txt | system-packages
 	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
-# Refresh the README's committed figures and tables from the latest runs (after `make run` and/or the
-# synthetic-full config); only the PNGs the README shows and the summary tables are copied.
+# Refresh the committed figures and tables of the README and docs/ from the latest runs of `make run`
+# and the configs/ experiments; only the PNGs already shown and the summary tables are copied.
+DOC_RESULTS = default:results/synthetic full:results/full/synthetic validation:results/validation/synthetic \
+  byol-tuning:results/byol-tuning/synthetic supervised-ceiling:results/supervised-ceiling/synthetic \
+  scene-bias-p0:results/scene-bias/sb0 scene-bias-p50:results/scene-bias/sb50 \
+  scene-bias-p90:results/scene-bias/sb90 bn-recalibration:results/bn-recalibration/sb0
 docs:
-	@set -e; for pair in default:results/synthetic full:results/full/synthetic; do \
+	@set -e; for pair in $(DOC_RESULTS); do \
 	  name=$${pair%%:*}; src=$${pair#*:}; \
 	  if [ -f "$$src/summary.md" ]; then \
 	    mkdir -p docs/figures/$$name; cp "$$src/summary.md" docs/figures/$$name/; \

@@ -211,15 +211,27 @@ def test_variant_overrides_and_unchanged_hashes(tmp_path):
     assert cfgmod.pretrain_settings(constant, cfgmod.expand_runs(constant)[0])["framework"]["tau_final"] == 0.96
     with pytest.raises(cfgmod.ConfigError, match="tau_base 0.99 is above tau_final 0.9"):
         tiny_config(tmp_path, frameworks={"byol": {"tau_final": 0.9}}, runs=[{"dataset": "synthetic", "framework": "byol"}])
-    # evaluation / analysis keys at their defaults leave the evaluation hashes as before issue 13
+    # the evaluation defaults are the issue-13 protocol (hashed, so older outputs are remade); the
+    # legacy values leave the evaluation hashes exactly as before issue 13
     ev = cfgmod.evaluation_settings(base)
+    assert ev["target_encoder"] is True and ev["detection"]["c_selection"] == "videos"
+    assert cfgmod.analysis_settings(base) == [{"cam_target": "probe_logit"}]
+    legacy = tiny_config(tmp_path, analysis={"cam_target": "feature_norm"},
+                         evaluation={"target_encoder": False, "detection": {"c_selection": "windows"}})  # fmt: skip
+    ev = cfgmod.evaluation_settings(legacy)
     assert "target_encoder" not in ev and "c_selection" not in ev["detection"]
-    assert cfgmod.analysis_settings(base) == []
+    assert cfgmod.analysis_settings(legacy) == []
 
 
-@pytest.mark.parametrize("name", ["byol-tuning", "scene-bias", "bn-recalibration", "supervised-ceiling", "protocol"])
+# each experiment config with the configs it is layered on (after config.yaml)
+EXPERIMENTS = {"byol-tuning": [], "scene-bias": [], "bn-recalibration": ["scene-bias"], "supervised-ceiling": [],
+               "legacy-protocol": ["synthetic-full"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_configs_validate(name):
-    config = cfgmod.load_config([REPO / "config.yaml", REPO / "configs" / f"{name}.yaml"])
+    layers = [REPO / "configs" / f"{layer}.yaml" for layer in [*EXPERIMENTS[name], name]]
+    config = cfgmod.load_config([REPO / "config.yaml", *layers])
     runs = cfgmod.expand_runs(config)
     assert runs
     for run in runs:  # choosing nothing on test: tuning configs use split 2
@@ -228,8 +240,8 @@ def test_experiment_configs_validate(name):
 
 
 # --------------------------------------------------------------------------------------------------
-# The opt-in protocol end to end on the tiny dataset: a BYOL run with a constant tau, its target
-# encoder's features, the probe-logit attention and the detection C chosen by video
+# The issue-13 protocol (the defaults) end to end on the tiny dataset: a BYOL run with a constant tau,
+# its target encoder's features, the probe-logit attention and the detection C chosen by video
 
 
 def test_protocol_options_end_to_end(tiny_data, tmp_path, one_torch_thread):
@@ -247,8 +259,7 @@ def test_protocol_options_end_to_end(tiny_data, tmp_path, one_torch_thread):
     config = tiny_config(
         tmp_path, data_dir=tiny_data[0]["data_dir"], device="cpu", threads=1, pretrain={"steps": 3},
         runs=[{"dataset": "synthetic", "framework": "byol", "variant": "base", "backbone": "small3d", "seed": 0}],
-        frameworks={"byol": {"tau_base": 0.9, "tau_final": 0.9}}, analysis={"cam_target": "probe_logit"},
-        evaluation={"target_encoder": True, "detection": {"c_selection": "videos"}},
+        frameworks={"byol": {"tau_base": 0.9, "tau_final": 0.9}},
     )  # fmt: skip
     (run,) = cfgmod.expand_runs(config)
     pretrain(config, run)

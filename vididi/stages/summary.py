@@ -28,7 +28,8 @@ METRIC_COLUMNS = {  # metric file stem (layout.metrics_stem) -> (metric key -> c
     "analysis": {"silhouette": "silhouette", "object_attention": "object_attention",
                  "object_attention_uniform": "attention_uniform"},
 }
-# Columns shown only with an opt-in setting, so the default tables keep their published columns.
+# Columns that only mean something under a setting (the chance level of the probe-logit attention share;
+# configs/legacy-protocol.yaml turns it off, and the table keeps its pre-issue-13 columns).
 OPT_IN_COLUMNS = {"attention_uniform": lambda config: config["analysis"]["cam_target"] != "feature_norm"}
 KEY_COLUMNS = ["framework", "variant", "backbone", "seed", "eval_dataset"]
 COST_COLUMNS = ["steps", "pretrain_s", "eval_s"]
