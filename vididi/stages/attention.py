@@ -3,16 +3,15 @@
 - silhouette: cosine silhouette of the full-dimensional test features of the `figures.tsne_classes`
   classes with the most test videos (paper Fig. 4), from the features stage.
 - object attention (synthetic data, where object masks exist): Grad-CAM on the encoder's last
-  convolutional block for the middle clip of every test video; the target is the squared norm of the
-  pooled embedding (an SSL encoder has no classifier: this asks which pixels drive the representation).
-  The share of attention mass inside the object's mask dilated by one pixel measures whether a model
-  looks at the moving object or at the background; the mean over test videos is reported.
-  `analysis.cam_target: probe_logit` makes the map class-discriminative: the target is the linear
-  probe's logit of the video's true class (the probe refitted on the train features exactly as the
-  probe stage fits it). The norm target's channel weights are never negative, so its map is
-  activation energy, which a uniform map matches; hence `object_attention_uniform`, the share a
-  constant map gets on the same clips (the dilated mask's area share), is reported next to it, and
-  the random encoder's run is the floor.
+  convolutional block for the middle clip of every test video. An SSL encoder has no classifier, so
+  with `analysis.cam_target: probe_logit` (the default) the target is the linear probe's logit of the
+  video's true class (the probe refitted on the train features exactly as the probe stage fits it):
+  the map shows where the evidence for the class lies. The share of attention mass inside the
+  object's mask dilated by one pixel, averaged over the test videos whose map is not all zero, asks
+  whether that evidence is the moving object or the background. `object_attention_uniform`, the
+  share a constant map gets on the same clips (the dilated mask's area share), is chance; the random
+  encoder's run is the floor. `feature_norm` (the squared norm of the pooled embedding, the target
+  before issue 13) has channel weights that are never negative, so its map is activation energy.
 
 Writes `layout.metrics_file(..., "attention", ...)` (metrics/analysis-<eval_dataset>.json) and
 `layout.attention_file` (analysis/attention-<eval_dataset>.h5: the clips and maps of the first
