@@ -37,7 +37,8 @@ $(STAMP): pyproject.toml constraints.txt | system-packages
 # Refresh the committed figures and tables of the README and docs/ from the latest runs of `make run`
 # and the configs/ experiments; only the PNGs already shown and the summary tables are copied.
 DOC_RESULTS = default:results/synthetic full:results/full/synthetic validation:results/validation/synthetic \
-  byol-tuning:results/byol-tuning/synthetic supervised-ceiling:results/supervised-ceiling/synthetic \
+  byol-tuning:results/byol-tuning/synthetic byol:results/byol/synthetic \
+  supervised-ceiling:results/supervised-ceiling/synthetic \
   scene-bias-p0:results/scene-bias/sb0 scene-bias-p50:results/scene-bias/sb50 \
   scene-bias-p90:results/scene-bias/sb90 bn-recalibration:results/bn-recalibration/sb0
 docs:
