@@ -329,24 +329,25 @@ def raw_settings(config: dict, dataset: str) -> dict:
 # Keys added after results were published (issue 13), with the value that reproduces the older
 # behaviour. At that value they are left out of settings hashes and recorded settings, so outputs made
 # before the keys existed stay valid where the behaviour did not change (a default dataset is
-# byte-identical to an older one). The evaluation keys now default to the issue-13 protocol, so their
-# outputs are remade once; set the legacy value to reproduce an older table.
+# byte-identical to an older one). The dataset and BYOL keys default to that value; the evaluation
+# keys (*_LEGACY) now default to the issue-13 protocol, so their outputs are remade once, and the
+# legacy value (configs/legacy-protocol.yaml) reproduces an older table.
 SYNTHETIC_NEW_DEFAULTS = {"scene_bias": 0, "scene_pool": 8, "ooc_split": False}
 BYOL_NEW_DEFAULTS = {"tau_final": 1.0}
-EVALUATION_NEW_DEFAULTS = {"target_encoder": False}
-DETECTION_NEW_DEFAULTS = {"c_selection": "windows"}
-ANALYSIS_NEW_DEFAULTS = {"cam_target": "feature_norm"}
+EVALUATION_LEGACY = {"target_encoder": False}
+DETECTION_LEGACY = {"c_selection": "windows"}
+ANALYSIS_LEGACY = {"cam_target": "feature_norm"}
 
 
 def evaluation_settings(config: dict) -> dict:
-    """What evaluation outputs depend on in `evaluation` (issue-13 keys at their defaults left out)."""
-    ev = without_new_defaults(config["evaluation"], EVALUATION_NEW_DEFAULTS)
-    return {**ev, "detection": without_new_defaults(ev["detection"], DETECTION_NEW_DEFAULTS)}
+    """What evaluation outputs depend on in `evaluation` (issue-13 keys at their legacy values left out)."""
+    ev = without_new_defaults(config["evaluation"], EVALUATION_LEGACY)
+    return {**ev, "detection": without_new_defaults(ev["detection"], DETECTION_LEGACY)}
 
 
 def analysis_settings(config: dict) -> list:
-    """What the analysis stage depends on in `analysis` ([] at the defaults, as before the section)."""
-    analysis = without_new_defaults(config["analysis"], ANALYSIS_NEW_DEFAULTS)
+    """What the analysis stage depends on in `analysis` ([] at the legacy value, as before the section)."""
+    analysis = without_new_defaults(config["analysis"], ANALYSIS_LEGACY)
     return [analysis] if analysis else []
 
 
