@@ -157,6 +157,19 @@ def test_grouped_split_keeps_every_video_on_one_side():
         grouped_split(["a"] * 5, 0.2, 0)
 
 
+def test_detection_c_is_validated_on_held_out_videos_unless_there_are_too_few():
+    from vididi.stages.detection import MIN_VIDEOS_FOR_VIDEO_SPLIT, c_validation_groups
+
+    many = np.repeat([f"v{i}" for i in range(MIN_VIDEOS_FOR_VIDEO_SPLIT)], 4)
+    groups, how = c_validation_groups(many, "videos")
+    assert groups.tolist() == many.tolist() and how.startswith("held-out training videos")
+    few = many[: 4 * (MIN_VIDEOS_FOR_VIDEO_SPLIT - 1)]
+    groups, how = c_validation_groups(few, "videos")
+    assert groups is None and f"fell back to windows: {MIN_VIDEOS_FOR_VIDEO_SPLIT - 1} training videos" in how
+    groups, how = c_validation_groups(many, "windows")
+    assert groups is None and "fell back" not in how
+
+
 def test_select_regularisation_by_video_differs_from_windows_only_in_the_split():
     rng = np.random.default_rng(0)
     videos = np.repeat(np.arange(12), 6)
@@ -270,7 +283,8 @@ def test_protocol_options_end_to_end(tiny_data, tmp_path, one_torch_thread):
                for stage in ("retrieval", "probe", "detection")}  # fmt: skip
     assert {"R@1", "target_R@1"} <= set(metrics["retrieval"]["metrics"])
     assert {"top1", "target_top1"} <= set(metrics["probe"]["metrics"])
-    assert "held-out training videos" in metrics["detection"]["protocol"]["C_selected_on"]
+    # the tiny dataset has 2 training videos: too few to hold one out, so C falls back to windows
+    assert "fell back to windows: 2 training videos" in metrics["detection"]["protocol"]["C_selected_on"]
     analysis = json.loads(analyse(config, run, "synthetic").read_text())
     assert analysis["protocol"]["object_attention"]["cam_target"] == "probe_logit"
     assert 0 < analysis["metrics"]["object_attention_uniform"] < 1
