@@ -280,3 +280,20 @@ def test_set_overrides_dotted_keys_and_yaml_mappings(tmp_path):
                           cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.splitlines() == ["vididi manifest: error: config: pretrain.steps: 0 is less than the minimum of 1"]
+
+
+def test_datasets_that_differ_only_in_split_share_their_data_folders(tmp_path):
+    import vididi.layout as L
+    from vididi.config import data_owner
+
+    config = load_config([REPO_CONFIG, REPO_CONFIG.parent / "configs" / "scene-bias.yaml"])
+    assert [data_owner(config, d) for d in ("sb0", "sb0_ooc", "sb50_ooc")] == ["sb0", "sb0", "sb50"]
+    assert L.shard_dir(config, "sb0_ooc") == L.shard_dir(config, "sb0") != L.shard_dir(config, "sb50")
+    assert L.raw_dir(config, "sb90_ooc") == L.raw_dir(config, "sb90")
+    assert L.shard_dir(config, "{dataset}").name == "{dataset}"  # Snakemake patterns pass through
+    # anything the data depend on (here the user's own video folder, or the clips) keeps them apart
+    other = resolve({**config, "datasets": {**config["datasets"], "sb0_ooc": {**config["datasets"]["sb0_ooc"], "root": str(tmp_path)}}})
+    assert data_owner(other, "sb0_ooc") == "sb0_ooc" and L.raw_dir(other, "sb0_ooc") == tmp_path
+    clips = {**config["datasets"]["sb0"]["clips"], "frames": 4}
+    other = resolve({**config, "datasets": {**config["datasets"], "sb0_ooc": {**config["datasets"]["sb0_ooc"], "clips": clips}}})
+    assert data_owner(other, "sb0_ooc") == "sb0_ooc"

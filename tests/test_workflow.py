@@ -57,6 +57,17 @@ def test_dry_run_on_the_default_config(tmp_path):
     assert resolved == load_config([REPO / "config.yaml"])
 
 
+def test_out_of_context_datasets_reuse_the_data_of_their_in_context_twin(tmp_path):
+    """configs/scene-bias.yaml: each sbNN_ooc dataset differs from sbNN only in its split, so the data
+    stage runs once per pair (config.data_owner) and the _ooc features read sbNN's shards."""
+    done = snakemake(tmp_path, "-n", "-p", "--configfile", str(REPO / "config.yaml"), str(REPO / "configs" / "scene-bias.yaml"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = job_counts(done.stdout + done.stderr)
+    assert counts.get("generate") == counts.get("manifest") == counts.get("index") == 3, counts
+    data_stages = re.findall(r"-m vididi.cli (?:generate|manifest|index) --dataset (\w+)", done.stdout + done.stderr)
+    assert sorted(data_stages) == ["sb0"] * 3 + ["sb50"] * 3 + ["sb90"] * 3, data_stages
+
+
 def test_workflow_is_planned_without_torch(tmp_path):
     """vididi.config promises the Snakefile needs only PyYAML + jsonschema (a Snakemake host without the
     training stack, e.g. with --use-singularity): planning the DAG must not import torch."""

@@ -365,6 +365,22 @@ def data_settings(config: dict, dataset: str) -> dict:
     return {**raw_settings(config, dataset), **{k: ds[k] for k in ("listing", "extract")}}
 
 
+def data_owner(config: dict, dataset: str) -> str:
+    """The configured dataset whose data folders (videos, shards, logs) `dataset` uses: the first one
+    with the same data settings and clips. Datasets that differ only in `split` (an out-of-context test
+    split, a validation split) share one copy of the data; the split is chosen when it is read. A name
+    that is not configured (a Snakemake wildcard such as "{dataset}") is returned as it is."""
+    datasets = config.get("datasets", {})
+    if dataset not in datasets:
+        return dataset
+
+    def key(name: str) -> tuple:
+        return data_settings(config, name), datasets[name]["clips"]
+
+    own = key(dataset)
+    return next(name for name in datasets if key(name) == own)
+
+
 NOT_WEIGHTS = ("log_every", "checkpoint_every", "num_workers", "gpus", "nodes", "compile", "fused_optimizer")
 
 

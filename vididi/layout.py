@@ -2,7 +2,10 @@
 
 The one owner of the file layout: stages, the Snakemake rules (workflow/rules/common.smk) and the
 tests build paths with these functions and spell none themselves (`tests/test_structure.py` checks).
-Torch-free (PyYAML, h5py, numpy), so the Snakefile and the light stages can use it.
+Torch-free (PyYAML, jsonschema, h5py, numpy), so the Snakefile and the light stages can use it.
+
+Data folders are named after `config.data_owner(dataset)`: datasets that differ only in their split
+(e.g. configs/scene-bias.yaml's out-of-context `_ooc` datasets) read one copy of the videos and shards.
 
     <data_dir>/raw/<dataset>/                       generated videos or an unpacked download
                raw/<dataset>/.downloaded            download complete (registry datasets)
@@ -36,6 +39,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import data_owner
 from .utils import VididiError
 
 SHARD_NAME = "shard-{:05d}.h5"
@@ -62,9 +66,10 @@ def _data(config: dict) -> Path:
 
 
 def raw_dir(config: dict, dataset: str) -> Path:
-    """The dataset's videos: the user's `root`, else data_dir/raw/<dataset>."""
+    """The dataset's videos: the user's `root`, else data_dir/raw/<dataset> (<dataset> is always
+    `config.data_owner`: datasets that differ only in their split share their data folders)."""
     root = config.get("datasets", {}).get(dataset, {}).get("root")
-    return Path(root) if root else _data(config) / "raw" / dataset
+    return Path(root) if root else _data(config) / "raw" / data_owner(config, dataset)
 
 
 def download_marker(config: dict, dataset: str) -> Path:
@@ -77,7 +82,7 @@ def objects_file(config: dict, dataset: str) -> Path:
 
 
 def downloads_dir(config: dict, dataset: str) -> Path:
-    return _data(config) / "downloads" / dataset
+    return _data(config) / "downloads" / data_owner(config, dataset)
 
 
 def checksums_lock(config: dict, dataset: str) -> Path:
@@ -85,7 +90,7 @@ def checksums_lock(config: dict, dataset: str) -> Path:
 
 
 def shard_dir(config: dict, dataset: str) -> Path:
-    return _data(config) / "shards" / dataset
+    return _data(config) / "shards" / data_owner(config, dataset)
 
 
 def manifest_file(config: dict, dataset: str) -> Path:
@@ -121,7 +126,7 @@ def index_files(folder: str | Path) -> tuple[Path, Path]:
 
 def data_log_dir(config: dict, dataset: str) -> Path:
     """The data stage's logs; Snakemake keeps them when a job fails (and deletes the job's outputs)."""
-    return _data(config) / "logs" / dataset
+    return _data(config) / "logs" / data_owner(config, dataset)
 
 
 def data_log(config: dict, dataset: str, name: str) -> Path:

@@ -1,4 +1,7 @@
 # Data stage: raw videos (generated or downloaded) -> manifest -> one extraction job per shard -> index.
+# Consumers name data files with input functions (L.index_file(config, w.dataset)), never with a
+# "{dataset}" pattern: a dataset that differs from another only in its split reads that one's shards
+# (config.data_owner), so these rules run once per copy of the data.
 
 
 wildcard_constraints:

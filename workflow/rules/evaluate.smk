@@ -6,8 +6,8 @@ rule features:
     """Frozen order-0 features of a run on an evaluation dataset (BatchNorm recalibrated first)."""
     input:
         checkpoint=L.final_checkpoint(config, RUN),
-        index=L.index_file(config, "{eval_dataset}"),
-        train_index=L.index_file(config, "{dataset}"),
+        index=lambda w: L.index_file(config, w.eval_dataset),
+        train_index=lambda w: L.index_file(config, w.dataset),
     output:
         L.features_file(config, RUN, "{eval_dataset}"),
     log:

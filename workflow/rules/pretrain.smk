@@ -4,8 +4,8 @@
 rule pretrain:
     """Pretrain one run (torchrun with one process per GPU when pretrain.gpus > 1); resumes from last.pt."""
     input:
-        index=L.index_file(config, "{dataset}"),
-        info=L.info_file(config, "{dataset}"),
+        index=lambda w: L.index_file(config, w.dataset),
+        info=lambda w: L.info_file(config, w.dataset),
     output:
         L.final_checkpoint(config, RUN),
     log:
