@@ -75,8 +75,9 @@ BUILD_FLAGS ?=
 # the paper configs' loader workers need more than Docker's 64 MB of /dev/shm
 SHM ?= --shm-size=8g
 CONTAINER = $(strip $(ENGINE) $(ENGINE_FLAGS))
-# the Python packages of the image: the project's dependencies and its test extra, at constraints.txt
-WHEEL_REQUIREMENTS = $(PYTHON) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['test'] + ['setuptools>=68']))"
+# the Python packages of the image: the project's dependencies, its test extra and the build backend
+# (setuptools, for the editable install of /opt/vididi), all at constraints.txt
+WHEEL_REQUIREMENTS = $(PYTHON) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['test'] + ['setuptools']))"
 
 .PHONY: wheelhouse base-debian image image-test sif
 
