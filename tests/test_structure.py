@@ -151,9 +151,11 @@ def test_the_layout_the_names_and_the_config_are_torch_free():
 
 def test_layout_paths_match_the_documented_tree(tmp_path):
     from vididi import layout
-    from vididi.config import Run
+    from vididi.config import Run, resolve
 
-    config = {"data_dir": "d", "results_dir": "r", "datasets": {"x": {"root": None}, "own": {"root": "/videos"}}}
+    config = resolve({"data_dir": "d", "results_dir": "r",
+                      "datasets": {"x": {"source": "synthetic"}, "own": {"source": "folder", "root": "/videos"}},
+                      "runs": [{"dataset": "x", "framework": "vicreg"}]})  # fmt: skip
     run = Run("x", "vicreg", "base", "small3d", 0, ("x",))
     assert layout.raw_dir(config, "x") == Path("d/raw/x") and layout.raw_dir(config, "own") == Path("/videos")
     assert layout.shard_file(config, "x", 7) == Path("d/shards/x/shard-00007.h5")

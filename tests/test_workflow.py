@@ -165,6 +165,22 @@ def test_real_run_of_the_data_stage(tmp_path):
         p.relative_to(folder).as_posix() for p in broken)
 
 
+def test_each_invocation_has_its_own_config_file_for_its_jobs(tmp_path):
+    """A dry run (or any invocation) with other settings must not change the config that the jobs of a
+    run still in progress read ($VIDIDI_CONFIG): each distinct config gets its own file."""
+    first = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    (job_config,) = (tmp_path / "results" / ".configs").glob("config-*.yaml")
+    text = job_config.read_text()
+    second = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"), "--config", "pretrain={steps: 7}")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert job_config.read_text() == text and json.loads(text)["pretrain"]["steps"] == 300
+    other = [p for p in (tmp_path / "results" / ".configs").glob("config-*.yaml") if p != job_config]
+    assert len(other) == 1 and json.loads(other[0].read_text())["pretrain"]["steps"] == 7
+    # the human-readable copy follows the last invocation
+    assert (tmp_path / "results" / "config.resolved.yaml").read_text() == other[0].read_text()
+
+
 def test_nested_override_on_the_command_line_takes_the_schema_type(tmp_path):
     # Snakemake hands nested --config values over as strings ({"steps": "1000"})
     done = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config.yaml"), "--config", "pretrain={steps: 1000}")

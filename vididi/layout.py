@@ -18,6 +18,7 @@ Data folders are named after `config.data_owner(dataset)`: datasets that differ 
                shards/<dataset>/bad_videos.tsv      missing or undecodable videos, and why
                logs/<dataset>/<stage>.log, bad_videos.tsv  (a copy that outlives a failed index job)
     <results_dir>/config.resolved.yaml              the validated config of the last invocation
+                  .configs/config-<hash>.yaml       the one each invocation's jobs read ($VIDIDI_CONFIG)
                   <dataset>/runs/<run>/checkpoints/{last,final}.pt
                                       train_log.csv, train_info.json
                                       features/<eval_dataset>.h5
@@ -147,7 +148,15 @@ def _results(config: dict) -> Path:
 
 
 def resolved_config(config: dict) -> Path:
+    """The validated config of the last Snakemake invocation, for people to read."""
     return _results(config) / "config.resolved.yaml"
+
+
+def job_config(config: dict, digest: str) -> Path:
+    """The validated config the jobs of one invocation read ($VIDIDI_CONFIG), named by the hash of its
+    content: a later invocation with other settings (a dry run, another --config) writes its own file
+    and never changes what jobs that are still running read."""
+    return _results(config) / ".configs" / f"config-{digest}.yaml"
 
 
 def run_dir(config: dict, run) -> Path:

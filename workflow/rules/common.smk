@@ -31,13 +31,16 @@ RUNS = vc.expand_runs(config)
 RUN = L.RunRef("{dataset}", "{run}")
 
 # All jobs read this file, the validated config of this invocation (config.yaml plus any
-# --configfile / --config overrides), rewritten only when it changes. The CLI finds it through
+# --configfile / --config overrides), written when it is missing or differs. The CLI finds it through
 # $VIDIDI_CONFIG, inherited by every job: were its path (which depends on results_dir) on the command
 # lines, another results_dir would change the data rules' params and re-run the shared data stage.
-CONFIG_FILE = L.resolved_config(config)
+# The file is named by the hash of its content (L.job_config): were it one file per results_dir, a
+# dry run or another invocation with other settings would rewrite it under the jobs still running.
 _text = json.dumps(config, indent=1, sort_keys=True) + "\n"
-if not CONFIG_FILE.is_file() or CONFIG_FILE.read_text() != _text:
-    write_text(CONFIG_FILE, _text)
+CONFIG_FILE = L.job_config(config, vc.settings_hash(config))
+for _path in (CONFIG_FILE, L.resolved_config(config)):  # the second: the last invocation's, to read
+    if not _path.is_file() or _path.read_text() != _text:
+        write_text(_path, _text)
 os.environ.update(VIDIDI_CONFIG=str(CONFIG_FILE))
 
 
