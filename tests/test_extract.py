@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -186,11 +187,12 @@ def test_index_and_dataset_json(tiny_data):
     assert (folder / "bad_videos.tsv").read_text() == "video_id\tpath\treason\n"
 
     header, *rows = [line.split("\t") for line in (folder / "index.tsv").read_text().splitlines()]
-    assert header == ["video_id", "shard", "frame_start", "n_frames", "height", "width", "fps", "label", "untrimmed", "splits"]
+    assert header == ["video_id", "shard", "frame_start", "n_frames", "height", "width", "fps", "label", "untrimmed", "splits", "digest"]
     assert sorted(r[0] for r in rows) == sorted(train | test | set(untrimmed))
     shard_size = config["datasets"][DS]["extract"]["shard_size"]
     for position, row in enumerate(rows):
-        vid, shard, _, n_frames, height, width, fps, label, is_untrimmed, splits = row
+        vid, shard, _, n_frames, height, width, fps, label, is_untrimmed, splits, digest = row
+        assert re.fullmatch(r"[0-9a-f]{32}", digest), digest
         assert int(shard) == position // shard_size  # videos in id order, shard_size per shard
         assert (int(height), int(width), float(fps)) == (settings["size"], settings["size"], settings["fps"])
         if vid in untrimmed:
@@ -464,7 +466,7 @@ def test_killed_extraction_leaves_nothing_that_looks_like_a_shard(tiny_data, tmp
     with pytest.raises(VididiError, match="shard-00000.h5 not found"):
         build_index(config, DS)
     extract_shard(config, DS, 0)  # a rerun completes
-    table, bad = read_video_table(folder / "shard-00000.h5")
+    table, bad, _ = read_video_table(folder / "shard-00000.h5")
     assert len(table["video_id"]) == 10 and bad == []
 
 
@@ -491,7 +493,7 @@ def test_video_failing_mid_stream_is_rolled_back(tiny_data, tmp_path, monkeypatc
 
     monkeypatch.setattr(extract_mod, "decode", failing_decode)
     shard = extract_shard(config, DS, 0)
-    table, bad = read_video_table(shard)
+    table, bad, _ = read_video_table(shard)
     assert bad == [(victim, f"{victim}.mp4", "decoding failed: simulated corruption")]
     assert list(table["video_id"]) == [e["video_id"] for e in entries if e["video_id"] != victim]
     with h5py.File(shard) as h5:
@@ -521,8 +523,11 @@ def test_shard_writer_rolls_back_a_failed_video(tmp_path):
             writer.add_video({**meta, "video_id": "b"}, failing(7), 4, 6, 8.0)  # one block of 4 was flushed
         assert writer.add_video({**meta, "video_id": "c"}, iter(clip_c), 4, 6, 8.0) == 5
         writer.close()
-    table, bad = read_video_table(tmp_path / "s.h5")
+    table, bad, _ = read_video_table(tmp_path / "s.h5")
     assert list(table["video_id"]) == ["a", "c"] and list(table["frame_start"]) == [0, 10] and bad == []
+    # each video's digest covers exactly its own frames (the rolled-back frames of "b" are in neither)
+    assert list(table["digest"]) == [hashlib.blake2b(b"".join(f.tobytes() for f in clip), digest_size=16).hexdigest()
+                                     for clip in (clip_a, clip_c)]  # fmt: skip
     with h5py.File(tmp_path / "s.h5") as h5:
         data, offsets = h5["data"][()], h5["offsets"][()]
     assert list(offsets) == [72 * i for i in range(16)] and len(data) == 15 * 72

@@ -10,6 +10,11 @@ HDF5 shard, then index the shards (index.tsv, dataset.json with the derivative s
 A shard is the unit of work (never a single video), written under a temporary name and renamed when
 complete. A video that cannot be decoded (zero bytes, truncated, not a video) is skipped and listed
 with its reason; the index stage fails only when more than `max_bad_fraction` of videos are bad.
+
+Each stage checks the stamps of what it reads (vididi/stamps.py): the manifest's and every shard's
+`settings_hash` must be the config's data settings. dataset.json records `content`, a digest of every
+indexed frame (the shards' per-video digests) and of the measured scales: the runs' identity includes
+it, so a rebuilt shard with the same frames re-trains nothing, and changed frames re-train.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ import h5py
 import numpy as np
 
 from .. import config as cfgmod
-from .. import layout
+from .. import layout, stamps
 from ..layout import read_manifest
-from ..utils import VididiError, atomic_path, progress, write_json, write_text
-from .ffmpeg import decode
-from .shards import DatasetIndex, FrameReader, ShardWriter, format_splits, read_video_table
+from ..utils import VididiError, atomic_path, config_hash, progress, write_json, write_text
+from .ffmpeg import decode, ffmpeg_version
+from .shards import LIBVER, DatasetIndex, FrameReader, ShardWriter, format_splits, read_video_table
 from .splits import list_dataset
 
 log = logging.getLogger("vididi")
@@ -89,6 +94,7 @@ def write_manifest(config: dict, dataset: str) -> Path:
         "segments": [[s.video_id, s.start, s.end, s.label] for s in listing.segments],
         "missing": [list(m) for m in missing],
         "settings_hash": cfgmod.settings_hash(cfgmod.data_settings(config, dataset)),
+        "settings": cfgmod.data_settings(config, dataset),
     }
     out = layout.manifest_file(config, dataset)
     write_json(out, manifest)
@@ -96,17 +102,26 @@ def write_manifest(config: dict, dataset: str) -> Path:
     return out
 
 
+def current_manifest(config: dict, dataset: str) -> dict:
+    """The manifest, after checking that it was made with the config's data settings."""
+    manifest = read_manifest(config, dataset)
+    expected = cfgmod.data_settings(config, dataset)
+    stamps.require(layout.manifest_file(config, dataset), manifest.get("settings_hash"), cfgmod.settings_hash(expected),
+                   manifest.get("settings"), expected, what="data settings")  # fmt: skip
+    return manifest
+
+
 def extract_shard(config: dict, dataset: str, shard: int) -> Path:
     """Decode the videos of one shard into `shard-NNNNN.h5` (atomically)."""
-    manifest = read_manifest(config, dataset)
+    manifest = current_manifest(config, dataset)
     if not 0 <= shard < manifest["n_shards"]:
         raise VididiError(f"dataset {dataset} has shards 0..{manifest['n_shards'] - 1}, not {shard}")
     ext = config["datasets"][dataset]["extract"]
     root = Path(manifest["root"])
     entries = [v for v in manifest["videos"] if v["shard"] == shard]
     out = layout.shard_file(config, dataset, shard)
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
-        h5.attrs.update(dataset=dataset, shard=shard, settings_hash=manifest["settings_hash"])
+    with atomic_path(out) as tmp, h5py.File(tmp, "w", libver=LIBVER) as h5:
+        h5.attrs.update(dataset=dataset, shard=shard, settings_hash=manifest["settings_hash"], ffmpeg=ffmpeg_version())
         writer = ShardWriter(h5, ext["encoding"], ext["jpeg_quality"])
         for entry in progress(entries, desc=f"{dataset} shard {shard}", unit="video"):
             meta = {k: entry[k] for k in ("video_id", "path", "splits", "label", "untrimmed")}
@@ -127,21 +142,25 @@ def extract_shard(config: dict, dataset: str, shard: int) -> Path:
     return out
 
 
-INDEX_COLUMNS = ("video_id", "shard", "frame_start", "n_frames", "height", "width", "fps", "label", "untrimmed", "splits")
+INDEX_COLUMNS = ("video_id", "shard", "frame_start", "n_frames", "height", "width", "fps", "label", "untrimmed", "splits",
+                 "digest")  # fmt: skip
 
 
 def build_index(config: dict, dataset: str) -> Path:
     """Merge shard tables into index.tsv, collect bad videos, measure mean and derivative scales."""
-    manifest = read_manifest(config, dataset)
+    manifest = current_manifest(config, dataset)
     ds = config["datasets"][dataset]
     folder = layout.shard_dir(config, dataset)
     rows = []
+    decoders = set()
     bad = [(Path(path).with_suffix("").as_posix(), path, f"missing: {reason}") for path, reason in manifest["missing"]]
     for shard in range(manifest["n_shards"]):
         path = layout.shard_file(config, dataset, shard)
         if not path.is_file():
             raise VididiError(f"{path} not found: run `vididi extract --dataset {dataset} --shard {shard}`")
-        table, shard_bad = read_video_table(path)
+        table, shard_bad, attrs = read_video_table(path)
+        stamps.require(path, attrs.get("settings_hash"), manifest["settings_hash"], what="data settings")
+        decoders.add(str(attrs.get("ffmpeg")))
         bad += shard_bad
         for i in range(len(table["video_id"])):
             rows.append([table["video_id"][i], shard] + [table[k][i] for k in INDEX_COLUMNS[2:]])
@@ -163,6 +182,7 @@ def build_index(config: dict, dataset: str) -> Path:
         lines.append("\t".join(_cell(x) for x in r))
     write_text(layout.index_file(config, dataset), "\n".join(lines) + "\n")
 
+    settings = cfgmod.index_settings(config, dataset)
     info = {
         "dataset": dataset,
         "source": ds["source"],
@@ -170,12 +190,17 @@ def build_index(config: dict, dataset: str) -> Path:
         "segments": manifest["segments"],
         "n_videos": len(rows),
         "n_bad": len(bad),
-        "settings_hash": manifest["settings_hash"],
+        "settings_hash": cfgmod.settings_hash(settings),
+        "settings": settings,
+        "ffmpeg": sorted(decoders),  # the decoders of the shards (provenance)
         "stats": None,
     }
     index = DatasetIndex.load(folder, info=info)  # reads clips through the new index.tsv
     info["stats"] = {split: measure_stats(dataclasses.replace(index, split=split), ds["clips"], seed=ds["seed"])
                      for split in index.split_names()}  # fmt: skip
+    # the frames (each video's digest is a column of index.tsv), labels, splits, classes, segments and
+    # scales: what a model trained or evaluated on this data is a function of
+    info["content"] = config_hash([lines, info["classes"], info["segments"], info["stats"]])
     write_json(layout.info_file(config, dataset), info)
     log.info("%s: indexed %d videos (%d bad); stats %s", dataset, len(rows), len(bad), info["stats"])
     return layout.index_file(config, dataset)
@@ -211,9 +236,17 @@ def measure_stats(index: DatasetIndex, clips: dict, seed: int) -> dict:
         frames = clip_frame_numbers(n, length, clips["stride"], start=None, rng=rng)
         batch.append(reader.read(video, frames))
     reader.close()
-    # float64 sums: the mean of many uint8 frames must not lose digits
-    clips_f = [b.permute(1, 0, 2, 3).double() / 255 for b in batch]  # (C, L, H, W)
-    pixels = sum(c[0].numel() for c in clips_f)
-    mean = sum(c.sum(dim=(1, 2, 3)) for c in clips_f) / pixels
-    sigma = measure_sigma((c - mean[:, None, None, None] for c in clips_f), clips["frames"])
+    # float64 sums: the mean of many uint8 frames must not lose digits; one thread: a parallel sum's
+    # order (hence its last digit) depends on the thread count, and the scales are part of the data
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        clips_f = [b.permute(1, 0, 2, 3).double() / 255 for b in batch]  # (C, L, H, W)
+        pixels = sum(c[0].numel() for c in clips_f)
+        mean = sum(c.sum(dim=(1, 2, 3)) for c in clips_f) / pixels
+        sigma = measure_sigma((c - mean[:, None, None, None] for c in clips_f), clips["frames"])
+    finally:
+        torch.set_num_threads(threads)
     return {"mean": [float(m) for m in mean], "sigma": [float(s) for s in sigma], "clips": len(batch)}

@@ -49,6 +49,18 @@ def ffmpeg_binary() -> str:
         ) from exc
 
 
+@lru_cache(maxsize=None)
+def ffmpeg_version() -> str:
+    """The first line of `ffmpeg -version` of the binary the pipeline decodes with (provenance: other
+    ffmpeg builds may decode other pixels); "unavailable" when there is none."""
+    try:
+        out = subprocess.run([ffmpeg_binary(), "-version"], capture_output=True, text=True, timeout=30)
+    except (VididiError, OSError, subprocess.SubprocessError):
+        return "unavailable"
+    first = out.stdout.splitlines()[0] if out.stdout else ""
+    return first.removeprefix("ffmpeg version ").split(" Copyright")[0].strip() or "unavailable"
+
+
 class _StderrDrain(threading.Thread):
     """Reads a process's stderr to the end, keeping the last lines and announcing the output size."""
 

@@ -9,13 +9,22 @@ path; `bad/*` lists the videos of the shard that could not be decoded, with the 
 
 The dataset index (`index.tsv` + `dataset.json`, written by `vididi index`) points each video to its
 shard and first frame, so a reader never scans shards.
+
+Damage is found, never decoded silently: the frames, offsets and numeric video columns carry HDF5's
+Fletcher-32 checksum per chunk and the file's metadata is checksummed too (`libver="latest"`), so HDF5
+verifies each read (only the variable-length strings, which no HDF5 filter takes, are not); each
+video's frame bytes also have a digest (`videos/digest`, the index's data-content fingerprint). A
+reader that meets a damaged or truncated shard names the shard and the video, and moves the file
+aside (`shard-NNNNN.h5.damaged-<time>`, never deleted) so that the next `snakemake` rebuilds it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +40,20 @@ from ..utils import VididiError
 if TYPE_CHECKING:
     import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 (vididi 0.2.0): Fletcher-32 checksums, checksummed metadata, per-video digests
+LIBVER = "latest"  # the HDF5 file format whose metadata blocks carry checksums (open shards with it)
 _STR = h5py.string_dtype()
 VIDEO_FIELDS = {  # name -> dtype of the per-video table
     "video_id": _STR, "path": _STR, "splits": _STR, "frame_start": np.int64, "n_frames": np.int32,
     "height": np.int32, "width": np.int32, "fps": np.float32, "label": np.int32, "untrimmed": np.bool_,
+    "digest": _STR,
 }  # fmt: skip
+CHECKSUMMED = {"fletcher32": True, "maxshape": (None,)}  # chunked (a filter needs chunks), even when empty
+
+
+def frames_digest():
+    """The digest of one video's encoded frames, fed frame by frame (index.tsv's `digest` column)."""
+    return hashlib.blake2b(digest_size=16)
 
 
 def encode_frame(frame: np.ndarray, encoding: str, quality: int) -> bytes:
@@ -53,8 +70,8 @@ class ShardWriter:
     def __init__(self, h5: h5py.File, encoding: str, jpeg_quality: int = 90, flush_frames: int = 64):
         self.h5, self.encoding, self.quality, self.flush_frames = h5, encoding, jpeg_quality, flush_frames
         h5.attrs.update(format_version=FORMAT_VERSION, encoding=encoding, jpeg_quality=jpeg_quality)
-        self.data = h5.create_dataset("data", (0,), np.uint8, maxshape=(None,), chunks=(1 << 18,))
-        self.offsets = h5.create_dataset("offsets", (1,), np.int64, maxshape=(None,), chunks=(4096,), data=[0])
+        self.data = h5.create_dataset("data", (0,), np.uint8, chunks=(1 << 18,), **CHECKSUMMED)
+        self.offsets = h5.create_dataset("offsets", (1,), np.int64, chunks=(4096,), data=[0], **CHECKSUMMED)
         self.rows: dict[str, list] = {k: [] for k in VIDEO_FIELDS}
         self.bad: list[tuple[str, str, str]] = []
 
@@ -67,9 +84,11 @@ class ShardWriter:
         written so far for this video are removed and the exception propagates."""
         start_frame, start_byte = self.n_frames, int(self.offsets[-1])
         pending: list[bytes] = []
+        digest = frames_digest()
         try:
             for frame in frames:
                 pending.append(encode_frame(frame, self.encoding, self.quality))
+                digest.update(pending[-1])
                 if len(pending) >= self.flush_frames:
                     self._append(pending)
                     pending = []
@@ -79,7 +98,8 @@ class ShardWriter:
             self.offsets.resize((start_frame + 1,))
             raise
         count = self.n_frames - start_frame
-        row = {**meta, "frame_start": start_frame, "n_frames": count, "height": height, "width": width, "fps": fps}
+        row = {**meta, "frame_start": start_frame, "n_frames": count, "height": height, "width": width, "fps": fps,
+               "digest": digest.hexdigest()}  # fmt: skip
         for key in VIDEO_FIELDS:
             self.rows[key].append(row[key])
         return count
@@ -109,22 +129,44 @@ class ShardWriter:
     def close(self) -> None:
         """Write the per-video table and the bad list (call once, before the file is closed)."""
         table = self.h5.create_group("videos")
-        for key, dtype in VIDEO_FIELDS.items():
-            table.create_dataset(key, data=np.asarray(self.rows[key], dtype=dtype) if self.rows[key] else np.zeros(0, dtype))
+        for key, dtype in VIDEO_FIELDS.items():  # (HDF5 filters, checksums included, skip variable-length strings)
+            table.create_dataset(key, data=np.asarray(self.rows[key], dtype=dtype), **({} if dtype is _STR else CHECKSUMMED))
         bad = self.h5.create_group("bad")
         for i, key in enumerate(("video_id", "path", "reason")):
-            bad.create_dataset(key, data=np.asarray([b[i] for b in self.bad], dtype=_STR) if self.bad else np.zeros(0, _STR))
+            bad.create_dataset(key, data=np.asarray([b[i] for b in self.bad], dtype=_STR))
 
 
-def read_video_table(path: str | Path) -> tuple[dict[str, np.ndarray], list[tuple[str, str, str]]]:
-    """The per-video table and bad list of a finished shard."""
-    with h5py.File(path, "r") as h5:
-        table = {k: h5["videos"][k][()] for k in VIDEO_FIELDS}
-        table["video_id"] = table["video_id"].astype(str)
-        table["path"] = table["path"].astype(str)
-        table["splits"] = table["splits"].astype(str)
-        bad = list(zip(*(h5["bad"][k][()].astype(str) for k in ("video_id", "path", "reason"))))
-    return table, bad
+def read_video_table(path: str | Path) -> tuple[dict[str, np.ndarray], list[tuple[str, str, str]], dict]:
+    """The per-video table, the bad list and the attributes of a finished shard; a damaged shard is
+    moved aside with a one-line error (`damaged`)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r", libver=LIBVER) as h5:
+            attrs = dict(h5.attrs)
+            if attrs.get("format_version") != FORMAT_VERSION:
+                raise VididiError(f"{path} has shard format {attrs.get('format_version')}, this version reads "
+                                  f"{FORMAT_VERSION}: remake it with `snakemake --forcerun {path}`")  # fmt: skip
+            table = {k: h5["videos"][k][()] for k in VIDEO_FIELDS}
+            bad = list(zip(*(h5["bad"][k][()].astype(str) for k in ("video_id", "path", "reason"))))
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise damaged(path, exc) from exc
+    for key in ("video_id", "path", "splits", "digest"):
+        table[key] = table[key].astype(str)
+    return table, bad, attrs
+
+
+def damaged(path: Path, exc: BaseException, video: str | None = None) -> VididiError:
+    """The one-line error for a shard HDF5 or the JPEG decoder could not read (a failed checksum, a
+    truncated file, a corrupt frame), after moving the file aside so that Snakemake rebuilds it."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        path.rename(aside)
+        moved = f"moved it to {aside.name}; run snakemake again to rebuild it"
+    except FileNotFoundError:  # another reader (a loader worker) moved it first
+        moved = "it was moved aside; run snakemake again to rebuild it"
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    where = f", video {video}" if video else ""
+    return VididiError(f"shard {path}{where} is damaged ({reason[:160]}): {moved}")
 
 
 def format_splits(splits: dict[str, str]) -> str:
@@ -161,10 +203,17 @@ class DatasetIndex:
 
     @classmethod
     def for_dataset(cls, config: dict, dataset: str) -> "DatasetIndex":
-        """The index of a configured dataset, bound to its configured split."""
-        from ..layout import shard_dir
+        """The index of a configured dataset, bound to its configured split, after checking that it was
+        made with the config's data settings (vididi/stamps.py)."""
+        from .. import config as cfgmod
+        from .. import stamps
+        from ..layout import info_file, shard_dir
 
-        return cls.load(shard_dir(config, dataset), config["datasets"][dataset]["split"])
+        index = cls.load(shard_dir(config, dataset), config["datasets"][dataset]["split"])
+        expected = cfgmod.index_settings(config, dataset)
+        stamps.require(info_file(config, dataset), index.info.get("settings_hash"), cfgmod.settings_hash(expected),
+                       index.info.get("settings"), expected, what="data settings")  # fmt: skip
+        return index
 
     @classmethod
     def load(cls, root: str | Path, split: str = "1", info: dict | None = None) -> "DatasetIndex":
@@ -206,6 +255,16 @@ class DatasetIndex:
         return self.root / shard_name(shard)
 
     @property
+    def content(self) -> str:
+        """dataset.json's digest of the indexed frames, labels, splits and scales (a run's identity
+        includes it: config.run_hash)."""
+        if "content" not in self.info:
+            info = index_files(self.root)[1]
+            raise VididiError(f"{info} has no content digest (made by vididi < 0.2.0): remake it with "
+                              f"`snakemake --forcerun {info}`")  # fmt: skip
+        return self.info["content"]
+
+    @property
     def stats(self) -> dict:
         """Mean and derivative scales measured on this split's training clips."""
         stats = self.info["stats"]
@@ -226,12 +285,21 @@ class FrameReader:
         if self._pid != os.getpid():  # forked into a worker: HDF5 handles are not shareable
             self._shards, self._pid = {}, os.getpid()
         if shard not in self._shards:
-            h5 = h5py.File(self.index.shard_path(shard), "r")
+            h5 = h5py.File(self.index.shard_path(shard), "r", libver=LIBVER)
             self._shards[shard] = (h5, h5["data"], h5["offsets"], h5.attrs["encoding"])
         return self._shards[shard]
 
     def read(self, video: int, frames: np.ndarray) -> "torch.Tensor":
-        """Frames (n, 3, H, W) uint8 of video `video` (an index row) at frame numbers `frames`."""
+        """Frames (n, 3, H, W) uint8 of video `video` (an index row) at frame numbers `frames`; a damaged
+        shard (failed checksum, truncated file, undecodable frame) ends in one line naming it and the video."""
+        try:
+            return self._read(video, frames)
+        except (OSError, RuntimeError) as exc:  # HDF5's checksum / truncation errors, JPEG decoding
+            shard = self.index.shard_path(int(self.index.shard[video]))
+            self._shards.pop(int(self.index.shard[video]), None)
+            raise damaged(shard, exc, video=str(self.index.video_id[video])) from exc
+
+    def _read(self, video: int, frames: np.ndarray) -> "torch.Tensor":
         import torch  # here, not at the top: extraction jobs never read frames and skip the import
         from torchvision.io import ImageReadMode, decode_jpeg
 
