@@ -30,9 +30,9 @@ from sklearn.preprocessing import StandardScaler
 
 import vididi.evaluation.probe as probe_module
 import vididi.stages.detection as detection_stage
-from vididi.config import deep_update, expand_runs, resolve
+from vididi.config import deep_update, eval_settings, expand_runs, resolve
 from vididi.evaluation.detection import Segment, mean_average_precision, read_thumos14_detections
-from vididi.layout import run_dir
+from vididi.layout import read_json, run_dir, train_info
 from vididi.stages.features import main as extract_features
 from vididi.stages.pretrain import main as pretrain
 from vididi.stages.probe import main as probe_stage
@@ -40,7 +40,9 @@ from vididi.stages.retrieval import main as retrieval_stage
 from vididi.utils import VididiError, config_hash
 
 DS = "synthetic"
-METRIC_FILE_KEYS = {"metrics", "protocol", "config_hash", "settings", "versions", "created"}
+# the numbers, how, what settings (hashed), what from, and the provenance (utils.provenance)
+METRIC_FILE_KEYS = {"metrics", "protocol", "config_hash", "settings", "inputs", "versions", "created", "machine", "code",
+                    "threads", "ffmpeg"}
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +83,7 @@ def copy_of_features(config, run, workdir, edit) -> dict:
     target = run_dir(other, run) / "features" / f"{DS}.h5"
     target.parent.mkdir(parents=True)
     shutil.copy(run_dir(config, run) / "features" / f"{DS}.h5", target)
+    shutil.copy(train_info(config, run), train_info(other, run))  # the record of the model the features come from
     with h5py.File(target, "a") as h5:
         edit(h5)
     return other
@@ -112,7 +115,9 @@ def test_retrieval_recall_of_the_stored_features(trained):
     protocol = data["protocol"]
     assert protocol["n_queries"] == 8 and protocol["gallery_size"] == 16 and protocol["similarity"] == "cosine"
     assert protocol["bn_recalibrated"] is True and protocol["clips_per_video"] == 2
-    assert data["settings"]["run"] == run.name and data["settings"]["eval_dataset"] == DS
+    assert data["inputs"]["run"] == run.name and data["inputs"]["eval_dataset"] == DS
+    assert data["settings"] == eval_settings(config, DS) and data["inputs"]["run_hash"] == read_json(train_info(config, run), "x")["settings_hash"]
+    assert data["threads"]["torch_intra_op"] == torch.get_num_threads() and data["ffmpeg"] and data["code"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from PIL import Image
 from vididi.config import available_figures, expand_runs
 from vididi.data.shards import FrameReader
 from vididi.evaluation.analysis import silhouette
-from vididi.layout import raw_dir, run_dir
+from vididi.layout import raw_dir, run_dir, train_info
 from vididi.names import FIGURES
 from vididi.stages import detection, probe, retrieval
 from vididi.stages.attention import main as analyse
@@ -263,6 +263,7 @@ def test_tsne_needs_the_analysis_metrics(pipeline, tmp_path):
         target = run_dir(other, run) / "features" / f"{DS}.h5"
         target.parent.mkdir(parents=True)
         shutil.copy(run_dir(config, run) / "features" / f"{DS}.h5", target)
+        shutil.copy(train_info(config, run), train_info(other, run))  # the model's record, which the stage checks
     with pytest.raises(VididiError) as excinfo:
         make_figure(other, DS, "tsne")
     assert "\n" not in str(excinfo.value) and f"analysis-{DS}.json" in str(excinfo.value)

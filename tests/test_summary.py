@@ -12,6 +12,9 @@ import json
 
 import pytest
 
+from vididi.config import attention_settings, eval_settings, find_run, index_settings, pretrain_settings, run_hash, settings_hash
+from vididi.data.extract import INDEX_COLUMNS
+from vididi.layout import shard_dir
 from vididi.stages.summary import main as write_summary
 from vididi.utils import VididiError
 
@@ -75,6 +78,32 @@ def run_name(variant: str, seed: int) -> str:
     return f"vicreg-{variant}-small3d-s{seed}"
 
 
+CONTENT = "0123abcd"  # the data's content digest in the hand-written dataset.json
+
+
+def write_data_index(config) -> None:
+    """A dataset.json (and an empty index.tsv) with the stamps of this config's data settings."""
+    folder = shard_dir(config, DS)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "index.tsv").write_text("\t".join(INDEX_COLUMNS) + "\n")
+    settings = index_settings(config, DS)
+    (folder / "dataset.json").write_text(json.dumps({"classes": ["a", "b"], "settings_hash": settings_hash(settings),
+                                                     "settings": settings, "content": CONTENT}))  # fmt: skip
+
+
+def run_stamp(config, variant: str, seed: int) -> dict:
+    """What train_info.json records of the run's identity (config.run_hash)."""
+    settings = pretrain_settings(config, find_run(config, DS, run_name(variant, seed)))
+    return {"settings_hash": run_hash(settings, CONTENT), "settings": {**settings, "data_content": CONTENT}}
+
+
+def metric_stamp(config, variant: str, seed: int, stage: str) -> dict:
+    """What a metric file records of its settings and of the model it comes from."""
+    settings = attention_settings(config, DS) if stage == "analysis" else eval_settings(config, DS)
+    return {"config_hash": settings_hash(settings), "settings": settings,
+            "inputs": {"run_hash": run_stamp(config, variant, seed)["settings_hash"]}}  # fmt: skip
+
+
 def write_benchmark(path, seconds: float) -> None:
     """A Snakemake `benchmark:` file: a header and one row, seconds in column `s`."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,12 +119,15 @@ def results(tmp_path):
     config = tiny_config(tmp_path, runs=[
         {"dataset": DS, "framework": "vicreg", "variant": ["base", "vididi"], "backbone": "small3d", "seed": list(SEEDS)}])  # fmt: skip
     root = tmp_path / "results" / DS / "runs"
+    write_data_index(config)
     for (variant, seed), stages in METRICS.items():
         base = root / run_name(variant, seed)
         for stage, metrics in stages.items():
             (base / "metrics").mkdir(parents=True, exist_ok=True)
-            (base / "metrics" / f"{stage}-{DS}.json").write_text(json.dumps({"metrics": metrics, "protocol": {}}))
-        (base / "train_info.json").write_text(json.dumps({"steps": 4, "wall_seconds": WALL_SECONDS[(variant, seed)]}))
+            record = {"metrics": metrics, "protocol": {}, **metric_stamp(config, variant, seed, stage)}
+            (base / "metrics" / f"{stage}-{DS}.json").write_text(json.dumps(record))
+        info = {"steps": 4, "wall_seconds": WALL_SECONDS[(variant, seed)], **run_stamp(config, variant, seed)}
+        (base / "train_info.json").write_text(json.dumps(info))
         if (variant, seed) in PRETRAIN_BENCHMARK:
             write_benchmark(base / "benchmarks" / "pretrain.tsv", PRETRAIN_BENCHMARK[(variant, seed)])
         for stage, seconds in EVAL_BENCHMARKS.get((variant, seed), {}).items():
@@ -155,9 +187,11 @@ def test_summary_with_one_seed_shows_plain_means(tmp_path):
 
     config = tiny_config(tmp_path, runs=[{"dataset": DS, "framework": "vicreg", "variant": "base", "backbone": "small3d", "seed": 0}])
     base = tmp_path / "results" / DS / "runs" / run_name("base", 0)
+    write_data_index(config)
     for stage, metrics in METRICS[("base", 0)].items():
         (base / "metrics").mkdir(parents=True, exist_ok=True)
-        (base / "metrics" / f"{stage}-{DS}.json").write_text(json.dumps({"metrics": metrics}))
+        (base / "metrics" / f"{stage}-{DS}.json").write_text(json.dumps({"metrics": metrics, **metric_stamp(config, "base", 0, stage)}))
+    (base / "train_info.json").write_text(json.dumps(run_stamp(config, "base", 0)))  # its identity only
     write_summary(config, DS)
     md = (tmp_path / "results" / DS / "summary.md").read_text()
     (row,) = table_rows(md, "vicreg")
@@ -165,7 +199,7 @@ def test_summary_with_one_seed_shows_plain_means(tmp_path):
     assert "Difference" not in md  # no ViDiDi run to compare with
     with (tmp_path / "results" / DS / "summary.csv").open(newline="") as f:
         (csv_row,) = list(csv.DictReader(f))
-    assert csv_row["steps"] == csv_row["pretrain_s"] == csv_row["eval_s"] == ""  # no train_info, no benchmarks
+    assert csv_row["steps"] == csv_row["pretrain_s"] == csv_row["eval_s"] == ""  # no steps or times recorded, no benchmarks
 
 
 def test_missing_metric_file_is_a_one_line_error_naming_it(results):
@@ -188,3 +222,37 @@ def test_summary_markdown_says_where_when_and_by_which_code_runs_were_trained(re
     write_summary(config, DS)
     tail = (out / "summary.md").read_text().splitlines()[-3:]
     assert tail == ["- Trained on: AMD EPYC, 2 cores; torch 2.14.1 AVX2", "- Finished: 2026-11-28 .. 2026-11-29", "- Code: 0.1.0+gabc"]
+
+
+def test_a_result_made_with_other_settings_is_refused_in_one_line(results):
+    """A metric file written by a stage run by hand with `--set` (another probe C grid here) is not
+    summarised under this config; nor is a row whose model was trained with other settings."""
+    config, out = results
+    path = out / "runs" / run_name("base", 1) / "metrics" / f"probe-{DS}.json"
+    record = json.loads(path.read_text())
+    other = {**record["settings"], "evaluation": {**record["settings"]["evaluation"], "probe": {"Cs": [1.0]}}}
+    path.write_text(json.dumps({**record, "settings": other, "config_hash": settings_hash(other)}))
+    with pytest.raises(VididiError) as excinfo:
+        write_summary(config, DS)
+    message = str(excinfo.value)
+    assert message.startswith(f"{path} was made with other evaluation settings") and "evaluation.probe.Cs" in message, message
+    assert "\n" not in message and not (out / "summary.csv").exists()
+
+    path.write_text(json.dumps(record))  # back to this config's; now the model of another run is stale
+    info_path = out / "runs" / run_name("vididi", 0) / "train_info.json"
+    info = json.loads(info_path.read_text())
+    info["settings"]["pretrain"]["steps"] = 3
+    info["settings_hash"] = run_hash({k: v for k, v in info["settings"].items() if k != "data_content"}, CONTENT)
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(VididiError, match=r"vididi-small3d-s0/checkpoints/final.pt was made with other settings .*pretrain.steps: 3 → 4"):
+        write_summary(config, DS)
+
+
+def test_a_result_computed_from_another_model_is_refused(results):
+    """A metric file whose features came from another training of the run (inputs.run_hash)."""
+    config, out = results
+    path = out / "runs" / run_name("vididi", 1) / "metrics" / f"retrieval-{DS}.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "inputs": {"run_hash": "somethingelse"}}))
+    with pytest.raises(VididiError, match=r"retrieval-synthetic.json was made with other model"):
+        write_summary(config, DS)

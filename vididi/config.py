@@ -359,10 +359,28 @@ def without_new_defaults(settings: dict, defaults: dict) -> dict:
     return {k: v for k, v in settings.items() if not at_default(k, v)}
 
 
+# Keys that decide whether a stage fails, not what it writes: a changed tolerance re-runs nothing (a
+# dataset whose index failed re-runs its index job anyway, since that job's output is missing).
+NOT_CONTENT = {"extract": ("max_bad_fraction",)}
+
+
 def data_settings(config: dict, dataset: str) -> dict:
     """What the shards of `dataset` depend on."""
     ds = config["datasets"][dataset]
-    return {**raw_settings(config, dataset), **{k: ds[k] for k in ("listing", "extract")}}
+    extract = {k: v for k, v in ds["extract"].items() if k not in NOT_CONTENT["extract"]}
+    return {**raw_settings(config, dataset), "listing": ds["listing"], "extract": extract}
+
+
+def index_settings(config: dict, dataset: str) -> list:
+    """What index.tsv and dataset.json depend on: the shards, and the clip shape the scales are measured at."""
+    return [data_settings(config, dataset), config["datasets"][dataset]["clips"]]
+
+
+def numerics(config: dict) -> dict:
+    """What float rounding depends on beyond the settings: on a CPU the torch thread count changes the
+    reduction order, hence the last bits of gradients and features (1 vs 2 threads: the same VICReg
+    loss, other gradients), which training amplifies. On CUDA the CPU threads only feed the loader."""
+    return {} if config["device"] == "cuda" else {"threads": config["threads"]}
 
 
 def data_owner(config: dict, dataset: str) -> str:
@@ -398,6 +416,8 @@ def pretrain_settings(config: dict, run: Run) -> dict:
         "variant": {"name": run.variant, **config["variants"][run.variant]},
         "seed": run.seed,
     }
+    if numerics(config):
+        settings["numerics"] = numerics(config)
     if run.framework == "byol":
         settings["framework"] = {"name": run.framework, **without_new_defaults(config["frameworks"]["byol"], BYOL_NEW_DEFAULTS)}
     elif run.framework in config["frameworks"]:
@@ -416,6 +436,27 @@ def _apply_variant_overrides(settings: dict, variant: dict, framework: str) -> N
     options = variant.get("frameworks", {}).get(framework)
     if options:
         settings["framework"] = {**settings["framework"], **options}
+
+
+def run_hash(settings: dict, data_content: str) -> str:
+    """The identity of a run's weights: its settings (`pretrain_settings`) and the content of the data
+    it trains on (dataset.json's `content`, a digest of every frame). A rebuilt shard with the same
+    frames keeps it; frames that changed under the same settings (new source videos, another ffmpeg)
+    change it. Stored in last.pt, final.pt and train_info.json; the pretrain rule's parameter."""
+    return settings_hash({**settings, "data_content": data_content})
+
+
+def eval_settings(config: dict, eval_dataset: str) -> dict:
+    """What the features of a run on `eval_dataset`, and the metrics computed from them, depend on
+    beyond the run itself (whose weights come in through final.pt)."""
+    ds = config["datasets"][eval_dataset]
+    out = {"evaluation": evaluation_settings(config), "clips": ds["clips"], "split": ds["split"]}
+    return {**out, "numerics": numerics(config)} if numerics(config) else out
+
+
+def attention_settings(config: dict, eval_dataset: str) -> list:
+    """What the attention stage's numbers and maps depend on beyond the features file."""
+    return [eval_settings(config, eval_dataset), config["figures"], *analysis_settings(config)]
 
 
 def settings_hash(settings: Any) -> str:

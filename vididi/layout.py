@@ -20,7 +20,7 @@ Data folders are named after `config.data_owner(dataset)`: datasets that differ 
     <results_dir>/config.resolved.yaml              the validated config of the last invocation
                   .configs/config-<hash>.yaml       the one each invocation's jobs read ($VIDIDI_CONFIG)
                   <dataset>/runs/<run>/checkpoints/{last,final}.pt
-                                      train_log.csv, train_info.json
+                                      train_log.csv, train_info.json, .train.lock
                                       features/<eval_dataset>.h5
                                       metrics/<stage>-<eval_dataset>.json (+ .detections.txt)
                                       analysis/attention-<eval_dataset>.h5
@@ -173,6 +173,12 @@ def final_checkpoint(config: dict, run) -> Path:
 
 def last_checkpoint(config: dict, run) -> Path:
     return checkpoint_dir(config, run) / LAST_CHECKPOINT
+
+
+def train_lock(config: dict, run) -> Path:
+    """Held by the one process training the run (utils.exclusive_lock); outside checkpoints/, which a
+    change of settings moves aside."""
+    return run_dir(config, run) / ".train.lock"
 
 
 def train_log(config: dict, run) -> Path:

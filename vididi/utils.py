@@ -53,6 +53,35 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) while the block runs; if another process
+    holds it, stop at once with one line naming that process. The kernel drops the lock when its holder
+    dies (kill -9 included), so a stale file never blocks anyone."""
+    import fcntl
+    import socket
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise VididiError(f"{holder} is already {what} ({path}): wait for it to finish or stop it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -136,19 +165,50 @@ def code_version() -> str:
 _CODE_VERSION: dict[str, str] = {}
 
 
-def write_metrics(path: str | os.PathLike, metrics: dict, protocol: dict, settings: Any) -> None:
-    """Write a metric file: the numbers, how they were measured, and what produced them."""
-    write_json(
-        path,
-        {
-            "metrics": metrics,
-            "protocol": protocol,
-            "config_hash": config_hash(settings),
-            "settings": settings,
-            "versions": versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-    )
+def threads() -> dict[str, Any]:
+    """The thread counts that shape float rounding on a CPU (torch's only if torch is loaded)."""
+    out: dict[str, Any] = {"omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out.update(torch_intra_op=torch.get_num_threads(), torch_inter_op=torch.get_num_interop_threads())
+    return out
+
+
+def provenance() -> dict[str, Any]:
+    """Where, when and by what an output was made: machine, code (commit), threads, ffmpeg, versions."""
+    from .data.ffmpeg import ffmpeg_version  # lazily: utils is imported by the torch-free planner
+
+    return {"machine": machine(), "code": code_version(), "threads": threads(), "ffmpeg": ffmpeg_version(),
+            "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+
+
+def write_metrics(path: str | os.PathLike, metrics: dict, protocol: dict, settings: Any, inputs: dict | None = None) -> None:
+    """Write a metric file: the numbers, how they were measured, and what produced them.
+
+    `settings` are the stage's own settings: `config_hash` is their hash, the one the rule carries as
+    a parameter and vididi.stamps checks. `inputs` names what it was computed from (e.g. the run's
+    `run_hash`), so a result made from an older model is recognised as such."""
+    write_json(path, {"metrics": metrics, "protocol": protocol, "config_hash": config_hash(settings),
+                      "settings": settings, "inputs": inputs or {}, **provenance()})  # fmt: skip
+
+
+IMAGE_VENV = Path(os.sep, "opt", "venv")  # the container image's environment (Dockerfile)
+IMAGE_PINS = Path(os.sep, "opt", "vididi", "constraints.txt")  # the pins the image was built from
+
+
+def image_pins_mismatch(repo: Path) -> str | None:
+    """Inside the image: a one-line message when its packages are not the versions the checkout pins
+    (its constraints.txt differs from the checkout's), else None. Outside the image: None."""
+    if sys.prefix != str(IMAGE_VENV):
+        return None
+    if not IMAGE_PINS.is_file():
+        return f"this image has no {IMAGE_PINS}; rebuild it: make image sif"
+    image = set(IMAGE_PINS.read_text().splitlines())
+    checkout = set((repo / "constraints.txt").read_text().splitlines())
+    if image == checkout:
+        return None
+    changes = [f"< {line}" for line in sorted(image - checkout)] + [f"> {line}" for line in sorted(checkout - image)]
+    return f"image and checkout pin other versions (< image, > checkout): {' '.join(changes)}; rebuild: make image sif"
 
 
 def get_logger(name: str = "vididi", log_file: str | os.PathLike | None = None) -> logging.Logger:

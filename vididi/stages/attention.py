@@ -32,6 +32,7 @@ from .. import layout
 from ..data.augment import centre_crop
 from ..data.clips import figure_videos, middle_clip_frames
 from ..data.shards import DatasetIndex, FrameReader
+from ..evaluation import inputs
 from ..evaluation.analysis import attention_share, feature_norm_target, grad_cam, probe_logit_targets, silhouette, top_classes
 from ..evaluation.probe import fit_probe
 from ..ssl.encoder import prepare_encoder, resolve_device
@@ -71,7 +72,7 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     """Write the attention stage's metric file and attention maps (see the module docstring)."""
     out = layout.metrics_file(config, run, "attention", eval_dataset)
     fig_cfg = config["figures"]
-    features = layout.read_features(layout.features_file(config, run, eval_dataset))
+    features, _, _ = inputs.load(config, run, eval_dataset, "attention")
     if "test" not in features:
         raise VididiError(f"{eval_dataset}: no test video features to analyse")
     test = features["test"]
@@ -123,6 +124,5 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
                              "n_videos": len(finite), "available": bool(finite)},
         **note,
     }  # fmt: skip
-    write_metrics(out, metrics, protocol, {"run": run.name, "eval_dataset": eval_dataset,
-                                           "pretrain_hash": cfgmod.settings_hash(cfgmod.pretrain_settings(config, run))})  # fmt: skip
+    write_metrics(out, metrics, protocol, **inputs.record(config, run, eval_dataset, features, cfgmod.attention_settings(config, eval_dataset)))
     return out

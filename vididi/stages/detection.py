@@ -87,5 +87,5 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
                 "tious": dcfg["tious"], "matching": "ActivityNet-style (highest-tIoU unmatched ground truth)",
                 "n_test_videos": len(test_videos), "n_ground_truth": len(truth), "n_detections": len(detections),
                 "per_class": {classes[c]: aps for c, aps in result["per_class"].items()}}  # fmt: skip
-    write_metrics(out, metrics, protocol, inputs.settings(config, run, eval_dataset, features))
+    write_metrics(out, metrics, protocol, **inputs.record(config, run, eval_dataset, features))
     return out

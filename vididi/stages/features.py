@@ -12,7 +12,9 @@ Output results/<dataset>/runs/<run>/features/<eval_dataset>.h5:
                       the detection classifier, "test" for evaluation), start/end in seconds
     target_train/, target_test/  with `evaluation.target_encoder` on a BYOL run: the same videos
                       through its EMA target encoder (features, labels), for target_R@k / target_top1
-    attrs             checkpoint, settings hash, bn_recalibrated, clips per video, feature_dim
+    attrs             checkpoint, run_hash (of the final.pt), settings_hash (evaluation settings and the
+                      evaluation data's content: evaluation.inputs.features_settings), bn_recalibrated,
+                      clips per video, feature_dim
                       (and target_bn_recalibrated)
 """
 
@@ -28,6 +30,7 @@ from .. import config as cfgmod
 from .. import layout
 from ..data.loader import EvalClips, WindowClips, loader
 from ..data.shards import DatasetIndex
+from ..evaluation.inputs import features_settings, require_current_run
 from ..ssl.encoder import prepare_encoder, resolve_device
 from ..utils import VididiError, atomic_path, get_logger, progress
 
@@ -37,6 +40,7 @@ log = get_logger()
 def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     """Write the features file of `run` on `eval_dataset` (layout.features_file)."""
     device = resolve_device(config["device"])
+    run_hash = require_current_run(config, run)
     frame_encoder, note = prepare_encoder(config, run, device)
     index = DatasetIndex.for_dataset(config, eval_dataset)
     clips_cfg = config["datasets"][eval_dataset]["clips"]
@@ -45,7 +49,7 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs.update(
             run=run.name, eval_dataset=eval_dataset, classes=json.dumps(index.classes),
-            settings_hash=cfgmod.settings_hash(cfgmod.pretrain_settings(config, run)),
+            run_hash=run_hash, settings_hash=cfgmod.settings_hash(features_settings(config, eval_dataset)),
             eval_clips=clips_cfg["eval_clips"], **{k: v for k, v in note.items()},
         )  # fmt: skip
         for subset in ("train", "test"):

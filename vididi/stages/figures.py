@@ -25,6 +25,7 @@ from ..config import available_figures, comparison_runs
 from ..data.augment import centre_crop
 from ..data.clips import figure_videos, middle_clip_frames
 from ..data.shards import DatasetIndex, FrameReader
+from ..evaluation import inputs
 from ..evaluation.analysis import top_classes, tsne_2d
 from ..names import FIGURES
 from ..plots import attention_figure, bars_figure, curves_figure, derivative_views_figure, save_figure, tsne_figure, use_style
@@ -58,7 +59,7 @@ def _tsne(config: dict, dataset: str):
     panels, classes = [], None
     top = None
     for run in comparison_runs(config, dataset):
-        features = layout.read_features(layout.features_file(config, run, dataset))
+        features, _, _ = inputs.load(config, run, dataset, "attention")  # (checked against the config)
         test, classes = features["test"], features["classes"]
         if top is None:
             top = top_classes(test["labels"], min(config["figures"]["tsne_classes"], len(np.unique(test["labels"]))))
@@ -86,6 +87,7 @@ def _curves(config: dict, dataset: str):
         key = (run.framework, run.variant)
         if run.dataset != dataset or not path.is_file() or seeds.setdefault(key, run.seed) != run.seed:
             continue  # one seed per curve: the first listed
+        inputs.require_current_run(config, run)  # the log of the training this config asks for
         rows = list(csv.DictReader(path.open()))
         if not rows:
             continue

@@ -32,5 +32,5 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     protocol = {"model": "multinomial logistic regression on standardised features",
                 "C_selected_on": f"{pcfg['val_fraction']} of the train split (stratified)", **result,
                 "bn_recalibrated": bool(features["attrs"]["bn_recalibrated"])}  # fmt: skip
-    write_metrics(out, metrics, protocol, inputs.settings(config, run, eval_dataset, features))
+    write_metrics(out, metrics, protocol, **inputs.record(config, run, eval_dataset, features))
     return out

@@ -32,5 +32,5 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
                 "n_queries": len(test["labels"]), "gallery_size": result.gallery_size,
                 "clips_per_video": int(features["attrs"]["eval_clips"]),
                 "bn_recalibrated": bool(features["attrs"]["bn_recalibrated"])}  # fmt: skip
-    write_metrics(out, metrics, protocol, inputs.settings(config, run, eval_dataset, features))
+    write_metrics(out, metrics, protocol, **inputs.record(config, run, eval_dataset, features))
     return out

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import config as cfgmod
-from .. import layout
+from .. import layout, stamps
+from ..evaluation.inputs import require_current_run
 from ..utils import VididiError, write_text
 
 METRIC_COLUMNS = {  # metric file stem (layout.metrics_stem) -> (metric key -> column)
@@ -35,10 +36,21 @@ KEY_COLUMNS = ["framework", "variant", "backbone", "seed", "eval_dataset"]
 COST_COLUMNS = ["steps", "pretrain_s", "eval_s"]
 
 
-def _read_metrics(path: Path) -> dict:
+def _read_metrics(path: Path, expected_settings, run_hash: str) -> dict:
+    """A metric file's numbers, after checking its stamps: made with this config's settings for its
+    stage, from the model this config asks for (vididi/stamps.py)."""
     if not path.is_file():
         raise VididiError(f"{path} not found: run its stage first")
-    return layout.read_metrics(path)
+    record = stamps.read_json_stamp(path)
+    stamps.require(path, record.get("config_hash"), cfgmod.settings_hash(expected_settings), record.get("settings"),
+                   expected_settings, what="evaluation settings")  # fmt: skip
+    stamps.require(path, record.get("inputs", {}).get("run_hash"), run_hash, what="model (run hash)")
+    return record["metrics"]
+
+
+def _stage_settings(config: dict, stage: str, eval_dataset: str):
+    """The settings a metric file of `stage` records (and its rule hashes)."""
+    return cfgmod.attention_settings(config, eval_dataset) if stage == "attention" else cfgmod.eval_settings(config, eval_dataset)
 
 
 def _benchmark_seconds(path: Path) -> float | None:
@@ -50,33 +62,50 @@ def _benchmark_seconds(path: Path) -> float | None:
 
 
 def collect_rows(config: dict, dataset: str) -> list[dict]:
-    rows = []
+    """One row per run and evaluation dataset; a result made with other settings than the config's (a
+    stage run by hand, an older version, another thread count) is refused with one line."""
+    rows, stale = [], []
     for run in cfgmod.expand_runs(config):
         if run.dataset != dataset:
             continue
-        info_path = layout.train_info(config, run)
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        # train_info.json sums the segments of a resumed training; the job's benchmark file times only the last
-        pretrain_s = info.get("wall_seconds") or _benchmark_seconds(layout.run_benchmark(config, run, "pretrain"))
-        for eval_dataset in run.eval_datasets:
-            row = {"framework": run.framework, "variant": run.variant, "backbone": run.backbone,
-                   "seed": run.seed, "eval_dataset": eval_dataset}  # fmt: skip
-            stages = cfgmod.metric_stages(config, eval_dataset)
-            if cfgmod.has_trimmed(config, eval_dataset):
-                stages.append("attention")
-            eval_s = 0.0
-            for stage in stages:
-                metrics = _read_metrics(layout.metrics_file(config, run, stage, eval_dataset))
-                for key, column in METRIC_COLUMNS[layout.metrics_stem(stage)].items():
-                    if key in metrics and OPT_IN_COLUMNS.get(column, lambda _: True)(config):
-                        row[column] = metrics[key]
-            for stage in ["features", *stages]:
-                eval_s += _benchmark_seconds(layout.run_benchmark(config, run, f"{stage}-{eval_dataset}")) or 0.0
-            row.update(steps=info.get("steps"), pretrain_s=pretrain_s, eval_s=round(eval_s, 1) or None)
-            row.update(_provenance={k: info.get(k) for k in ("machine", "finished", "code")})
-            rows.append(row)
+        try:
+            rows += _run_rows(config, run)
+        except VididiError as exc:
+            stale.append(str(exc))
+    if stale:
+        more = f" (and {len(stale) - 1} more runs with results that do not match this config)" if len(stale) > 1 else ""
+        raise VididiError(stale[0] + more)
     if not rows:
         raise VididiError(f"no runs pretrained on {dataset} in the config")
+    return rows
+
+
+def _run_rows(config: dict, run: cfgmod.Run) -> list[dict]:
+    """The rows of one run, its final.pt and metric files checked against the config."""
+    rows = []
+    run_hash = require_current_run(config, run)
+    info_path = layout.train_info(config, run)
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    # train_info.json sums the segments of a resumed training; the job's benchmark file times only the last
+    pretrain_s = info.get("wall_seconds") or _benchmark_seconds(layout.run_benchmark(config, run, "pretrain"))
+    for eval_dataset in run.eval_datasets:
+        row = {"framework": run.framework, "variant": run.variant, "backbone": run.backbone,
+               "seed": run.seed, "eval_dataset": eval_dataset}  # fmt: skip
+        stages = cfgmod.metric_stages(config, eval_dataset)
+        if cfgmod.has_trimmed(config, eval_dataset):
+            stages.append("attention")
+        eval_s = 0.0
+        for stage in stages:
+            metrics = _read_metrics(layout.metrics_file(config, run, stage, eval_dataset),
+                                    _stage_settings(config, stage, eval_dataset), run_hash)  # fmt: skip
+            for key, column in METRIC_COLUMNS[layout.metrics_stem(stage)].items():
+                if key in metrics and OPT_IN_COLUMNS.get(column, lambda _: True)(config):
+                    row[column] = metrics[key]
+        for stage in ["features", *stages]:
+            eval_s += _benchmark_seconds(layout.run_benchmark(config, run, f"{stage}-{eval_dataset}")) or 0.0
+        row.update(steps=info.get("steps"), pretrain_s=pretrain_s, eval_s=round(eval_s, 1) or None)
+        row.update(_provenance={k: info.get(k) for k in ("machine", "finished", "code")})
+        rows.append(row)
     return rows
 
 
