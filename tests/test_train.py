@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -313,24 +314,34 @@ def test_interrupted_run_reports_the_time_of_all_its_segments(tmp_path, tiny_dat
     assert "cores" in info["machine"] and info["code"] and info["finished"]  # for the summary's provenance lines
 
 
-def test_rerunning_a_finished_run_trains_again_from_step_0(tmp_path, tiny_data, monkeypatch):
-    # `snakemake --forcerun pretrain` deletes final.pt and calls the stage again: it must retrain, not
-    # "resume" at the last step and finish in a second with the old weights.
+def test_a_finished_run_without_final_pt_is_written_from_its_checkpoint_unless_the_code_changed(tmp_path, tiny_data, monkeypatch):
+    """A failure between the last last.pt and final.pt (disk full, a time limit during the final save),
+    or `snakemake --forcerun`, calls the stage again with a finished last.pt: training is a pure
+    function of (settings, data, step), so final.pt is written from it, without training, to the same
+    bytes. With other code since, the stage trains again from step 0."""
     from vididi.ssl import trainer as train
 
     config = make_config(tmp_path, tiny_data, "vicreg", "vididi", **RESUME_RUN)
-    pretrain(config, only_run(config))
-    first = final_encoder(config)
-    (run_dir(config, only_run(config)) / "checkpoints" / "final.pt").unlink()  # what --forcerun does first
+    run = only_run(config)
+    pretrain(config, run)
+    final = run_dir(config, run) / "checkpoints" / "final.pt"
+    first, log_before = final.read_bytes(), read_log(config)
+    final.unlink()  # the final save failed (or --forcerun deleted it)
 
     steps_run, real_step = [], train.Trainer.step
     monkeypatch.setattr(train.Trainer, "step", lambda self, step, *a: steps_run.append(step) or real_step(self, step, *a))
-    pretrain(config, only_run(config))
-    assert steps_run == list(range(RESUME_RUN["steps"]))
-    assert_same_tensors(final_encoder(config), first)  # deterministic: the same weights again
-    assert [int(r["step"]) for r in read_log(config)] == list(range(RESUME_RUN["steps"]))
-    info = json.loads((run_dir(config, only_run(config)) / "train_info.json").read_text())
+    pretrain(config, run)
+    assert steps_run == [] and final.read_bytes() == first and read_log(config) == log_before
+    info = json.loads((run_dir(config, run) / "train_info.json").read_text())
     assert [(s["from_step"], s["to_step"]) for s in info["segments"]] == [(0, RESUME_RUN["steps"])]
+
+    final.unlink()
+    monkeypatch.setattr(train, "code_version", lambda: "0.2.0+gother")  # a fix landed since: train again
+    pretrain(config, run)
+    assert steps_run == list(range(RESUME_RUN["steps"]))
+    assert_same_tensors(final_encoder(config), torch.load(io.BytesIO(first), weights_only=True)["encoder"])
+    info = json.loads((run_dir(config, run) / "train_info.json").read_text())
+    assert [(s["from_step"], s["to_step"], s["code"]) for s in info["segments"]] == [(0, RESUME_RUN["steps"], "0.2.0+gother")]
 
 
 def test_sigkilled_cli_run_resumes_to_the_uninterrupted_weights(tmp_path, tiny_data):
@@ -527,22 +538,27 @@ def test_ddp_logs_the_global_batch_loss(ddp_vs_single, framework):
     np.testing.assert_allclose([float(r["loss"]) for r in rows_2], [float(r["loss"]) for r in rows_1], rtol=1e-9)
 
 
-def test_pretrain_rule_arguments_pass_through_torchrun():
-    """torchrun's own argument parser sees the whole command line: an option of the stage that
-    abbreviates one of torchrun's (`--run` -> `--run-path`) stops the multi-GPU launch before it starts."""
+def test_pretrain_rule_arguments_pass_through_torchrun(monkeypatch, tmp_path):
+    """torchrun's own argument parser sees the whole command line the stage launches itself with: an
+    option that abbreviates one of torchrun's (`--run` -> `--run-path`) would stop the launch."""
     from torch.distributed.run import get_args_parser
 
-    from vididi.cli import build_parser
+    from vididi import cli
 
     rule = (REPO / "workflow" / "rules" / "pretrain.smk").read_text()
-    shell = re.search(r'shell:\s*"([^"]+)"', rule).group(1)
-    options = re.findall(r"(--[\w-]+) \{", shell)
-    assert "--dataset" in options and len(options) == 2, shell
-    stage_args = ["pretrain", "--config", "config.yaml"] + [arg for opt in options for arg in (opt, "x")]
-    launch = ["--standalone", "--nproc_per_node", "2", "-m", "vididi.cli", *stage_args]
-    assert get_args_parser().parse_args(launch).training_script_args == stage_args
-    parsed = build_parser().parse_args(stage_args)
-    assert (parsed.dataset, parsed.run) == ("x", "x")
+    shell = re.search(r'shell:\s*"vididi ([^"]+?) >', rule).group(1).replace("{wildcards.", "{")
+    stage_args = shell.format(dataset=DS, run="x").split()
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"pretrain": {"gpus": 2}}))
+    launched = []
+    monkeypatch.setattr(os, "execv", lambda exe, command: launched.append(command))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cli.main([*stage_args, "--config", str(config)])
+    (command,) = launched
+    args = get_args_parser().parse_args(command[3:])  # after `python -m torch.distributed.run`
+    parsed = cli.build_parser().parse_args(args.training_script_args)
+    assert (parsed.stage, parsed.dataset, parsed.run) == ("pretrain", DS, "x")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,14 +9,18 @@ Outputs in results/<dataset>/runs/<run>/:
     train_log.csv         step, epoch, loss, loss terms, order pair, lr, clips/s (one row per step)
     train_info.json       wall time, steps, device, settings
 
-Crash safety: checkpoints are written atomically. Re-running an interrupted run (last.pt short of
-`steps`) resumes from last.pt when it was made with the same settings; re-running a finished run (a
-forced re-run: last.pt at `steps`) trains again from step 0; a checkpoint from other settings is moved
-aside, never deleted. A code change does not invalidate a half-finished last.pt: it resumes, with a
-warning, and train_info.json lists the code version of every segment. Training is a pure function of
-(settings, step): the batch of step k, its augmentation and the order pair depend only on the seed and
-k, so a resumed CPU run reproduces an uninterrupted one bit for bit. The reported training time is the
-sum over all segments of one training.
+Crash safety: checkpoints are written atomically, and one trainer at a time holds the run (a lock
+file in the run folder; a second one stops with one line naming the first). Training is a pure
+function of (settings, data, step) -- the `run_hash`: the batch of step k, its augmentation and the
+order pair depend only on the seed and k, so continuing from last.pt gives the weights a training from
+step 0 would (bit for bit on one machine). Calling the stage again therefore continues from last.pt
+when it was made with the same run hash: an interrupted run resumes, and a finished one whose final.pt
+is missing (a failed final save, `--forcerun`) is written from it without training, unless the code
+changed since, in which case it trains again from step 0. A half-finished last.pt survives a code
+change (it resumes, with a warning; train_info.json lists the code version of every segment). A
+checkpoint from other settings is moved aside, never deleted. SIGTERM or SIGUSR1 (a SLURM time limit
+with `--signal`, a preemption) saves last.pt after the current step and exits with 128 + the signal,
+so a requeued job resumes where it stopped. The reported training time is the sum over all segments.
 A non-finite loss stops the run with a clear message; the last good checkpoint stays.
 
 Under `torchrun` the same command trains with DistributedDataParallel (NCCL on GPUs, gloo on CPU):
@@ -30,6 +34,7 @@ import csv
 import json
 import math
 import os
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -43,7 +48,7 @@ from .. import layout
 from ..data.augment import apply_colour
 from ..data.loader import StepBatches, TrainClips, loader
 from ..data.shards import DatasetIndex
-from ..utils import VididiError, atomic_path, code_version, get_logger, machine, progress, write_json
+from ..utils import VididiError, atomic_path, code_version, exclusive_lock, get_logger, progress, provenance, write_json
 from .derivatives import derivative_view
 from .distributed import convert_sync_batchnorm, is_main, world
 from .encoder import resolve_device
@@ -182,15 +187,61 @@ class Trainer:
         return loss, terms, pair
 
 
+class Stopped(VididiError):
+    """Training was asked to stop (SIGTERM / SIGUSR1) and saved its state; the CLI exits 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopRequest:
+    """Catches SIGTERM / SIGUSR1 while training: the loop finishes its step, saves and stops. Under DDP
+    the ranks agree (an all-reduce of the flag per step) so that every rank stops at the same step."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._catch)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _catch(self, signum, frame) -> None:
+        self.signum = signum
+
+    def requested(self, world_size: int, device) -> bool:
+        if world_size > 1:
+            flag = torch.tensor([self.signum], dtype=torch.int64, device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self.signum = int(flag)
+        return self.signum != 0
+
+
 def pretrain(config: dict, run: cfgmod.Run) -> Path:
     """Train `run` to `pretrain.steps` steps (resuming if possible); return checkpoints/final.pt."""
+    rank, world_size = _init_distributed()
+    if is_main():  # one trainer per run: a second one (an orphan of a killed Snakemake, a hand run) stops here
+        with exclusive_lock(layout.train_lock(config, run), f"training {run.name}"):
+            return _pretrain(config, run, rank, world_size)
+    return _pretrain(config, run, rank, world_size)
+
+
+def _pretrain(config: dict, run: cfgmod.Run, rank: int, world_size: int) -> Path:
     settings = cfgmod.pretrain_settings(config, run)
-    settings_hash = cfgmod.settings_hash(settings)
     out_dir = layout.run_dir(config, run)
     ckpt_dir = layout.checkpoint_dir(config, run)
-    rank, world_size = _init_distributed()
     device = _rank_device(config["device"], rank)
     index = DatasetIndex.for_dataset(config, run.dataset)
+    settings_hash = cfgmod.run_hash(settings, index.content)
     # (settings omit the keys that do not change weights, and carry a variant's pretrain overrides)
     clips_cfg, pre = settings["clips"], {**config["pretrain"], **settings["pretrain"]}
     model = build_model(settings, num_classes=len(index.classes)).to(device)
@@ -202,8 +253,9 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
 
     if run.framework == cfgmod.NO_TRAINING:  # the random-init floor: nothing to train
         if is_main():
+            _write_info(out_dir, settings, settings_hash, index, steps=0, wall=time.time() - started, device=device,
+                        world_size=world_size)  # fmt: skip
             _write_final(layout.final_checkpoint(config, run), model, settings, settings_hash, index, steps=0)
-            _write_info(out_dir, settings, steps=0, wall=time.time() - started, device=device, world_size=world_size)
         return layout.final_checkpoint(config, run)
 
     if world_size > 1:  # before the optimiser: on CPU (gloo) the converter builds new BatchNorm parameters
@@ -216,7 +268,8 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
     )
     start_step, segments = _resume(ckpt_dir, settings_hash, total, model, optimizer, scheduler)
     segment = {"from_step": start_step, "to_step": start_step, "seconds": 0.0, "code": code_version()}
-    segments.append(segment)
+    if start_step < total:  # (a finished last.pt whose final.pt is missing adds no segment)
+        segments.append(segment)
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -238,34 +291,42 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
     model.train()
     bar = progress(total=total, initial=start_step, desc=run.name, unit="step", **({} if is_main() else {"disable": True}))
     tick = time.time()
-    for step, batch in enumerate(batches, start=start_step):
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-        loss, terms, pair = trainer.step(step, batch)
-        if logger:
-            logger.add(step, loss, terms, pair, lr)
-        done = step + 1
-        checkpoint = done % pre["checkpoint_every"] == 0 or done == total
-        if done % pre["log_every"] == 0 or checkpoint:
-            rows = logger.flush(seconds=time.time() - tick) if logger else []
-            tick = time.time()
-            _check_finite(rows, loss, step, pair, ckpt_dir)
-            if rows:
-                last = rows[-1]
-                bar.set_postfix(loss=f"{last['loss']:.4g}", pair=last["pair"], lr=f"{last['lr']:.2e}", clips_s=last["clips_per_s"])
-            bar.update(done - bar.n)
-        if checkpoint:
-            segment.update(to_step=done, seconds=round(time.time() - started, 1))
-            if is_main():
-                _save_checkpoint(ckpt_dir / layout.LAST_CHECKPOINT, done, model, optimizer, scheduler, settings_hash, segments)
-            if world_size > 1:
-                dist.barrier()
+    with StopRequest() as stop:
+        for step, batch in enumerate(batches, start=start_step):
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+            loss, terms, pair = trainer.step(step, batch)
+            if logger:
+                logger.add(step, loss, terms, pair, lr)
+            done = step + 1
+            stopping = stop.requested(world_size, device)
+            checkpoint = done % pre["checkpoint_every"] == 0 or done == total or stopping
+            if done % pre["log_every"] == 0 or checkpoint:
+                rows = logger.flush(seconds=time.time() - tick) if logger else []
+                tick = time.time()
+                _check_finite(rows, loss, step, pair, ckpt_dir)
+                if rows:
+                    last = rows[-1]
+                    bar.set_postfix(loss=f"{last['loss']:.4g}", pair=last["pair"], lr=f"{last['lr']:.2e}", clips_s=last["clips_per_s"])
+                bar.update(done - bar.n)
+            if checkpoint:
+                segment.update(to_step=done, seconds=round(time.time() - started, 1))
+                if is_main():
+                    _save_checkpoint(ckpt_dir / layout.LAST_CHECKPOINT, done, model, optimizer, scheduler, settings_hash, segments)
+                if world_size > 1:
+                    dist.barrier()
+            if stopping and done < total:
+                bar.close()
+                name = signal.Signals(stop.signum).name
+                raise Stopped(f"stopped by {name} after step {done} of {total}; {ckpt_dir / layout.LAST_CHECKPOINT} "
+                              f"holds it: run the stage again to resume", stop.signum)  # fmt: skip
     bar.close()
     if is_main():
         core = model.module if hasattr(model, "module") else model
+        segment.update(to_step=total, seconds=round(time.time() - started, 1))  # (not listed when nothing was trained)
+        # train_info.json first: a final.pt on disk always has the record that describes it
+        _write_info(out_dir, settings, settings_hash, index, steps=total, wall=sum(s["seconds"] for s in segments),
+                    device=device, world_size=world_size, segments=segments)  # fmt: skip
         _write_final(layout.final_checkpoint(config, run), core, settings, settings_hash, index, steps=total)
-        segment.update(to_step=total, seconds=round(time.time() - started, 1))
-        _write_info(out_dir, settings, steps=total, wall=sum(s["seconds"] for s in segments), device=device,
-                    world_size=world_size, segments=segments)
     if world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -374,8 +435,10 @@ def _resume(ckpt_dir: Path, settings_hash: str, total: int, model, optimizer, sc
         ckpt_dir.rename(aside)
         log.warning("the checkpoint was made with other settings; moved it to %s and starting over", aside)
         return 0, []
-    if state["step"] >= total:
-        log.info("%s holds a finished training (%d steps): training again from step 0", path, state["step"])
+    segments = json.loads(state.get("segments", "[]"))
+    if state["step"] >= total and {s["code"] for s in segments} != {code_version()}:
+        log.info("%s holds a training finished by other code (%s): training again from step 0 on %s", path,
+                 ", ".join(sorted({s["code"] for s in segments})), code_version())  # fmt: skip
         return 0, []
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -383,12 +446,14 @@ def _resume(ckpt_dir: Path, settings_hash: str, total: int, model, optimizer, sc
     torch.set_rng_state(state["rng_torch"])
     if state["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
-    segments = json.loads(state.get("segments", "[]"))
     earlier = {s["code"] for s in segments} - {code_version()}
     if earlier:
         log.warning("resuming a training begun with other code (%s, now %s); %s lists both",
                     ", ".join(sorted(earlier)), code_version(), layout.TRAIN_INFO)
-    log.info("resuming from %s at step %d", path, state["step"])
+    if state["step"] >= total:
+        log.info("%s holds this finished training: writing %s from it (no training)", path, layout.FINAL_CHECKPOINT)
+    else:
+        log.info("resuming from %s at step %d", path, state["step"])
     return int(state["step"]), segments
 
 
@@ -421,11 +486,13 @@ def _write_final(path: Path, model, settings: dict, settings_hash: str, index: D
         torch.save(state, tmp)
 
 
-def _write_info(out_dir: Path, settings: dict, steps: int, wall: float, device, world_size: int,
-                segments: list[dict] | None = None) -> None:
-    """wall_seconds: the training's time summed over its segments (an interrupted run has several)."""
+def _write_info(out_dir: Path, settings: dict, settings_hash: str, index: DatasetIndex, steps: int, wall: float,
+                device, world_size: int, segments: list[dict] | None = None) -> None:  # fmt: skip
+    """wall_seconds: the training's time summed over its segments (an interrupted run has several).
+    `settings_hash` is the run hash (settings + the data's content), also in final.pt: vididi.stamps
+    reads it here, without torch."""
     write_json(out_dir / layout.TRAIN_INFO, {
         "steps": steps, "wall_seconds": round(wall, 1), "device": str(device), "processes": world_size,
-        "machine": machine(), "finished": time.strftime("%Y-%m-%d"), "code": code_version(),
-        "segments": segments or [], "settings_hash": cfgmod.settings_hash(settings), "settings": settings,
+        "finished": time.strftime("%Y-%m-%d"), **provenance(), "segments": segments or [],
+        "settings_hash": settings_hash, "settings": {**settings, "data_content": index.content},
     })  # fmt: skip
