@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import tomllib
@@ -112,18 +111,6 @@ def test_without_use_singularity_a_missing_image_does_not_matter(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def shell_commands(output: str) -> dict[str, str]:
-    """rule -> its (first) shell command, from `snakemake -n -p` output."""
-    commands, rule = {}, None
-    for line in output.splitlines():
-        match = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", line)
-        if match:
-            rule = match.group(1)
-        elif line.startswith("Shell command:") and rule:
-            commands.setdefault(rule, line.removeprefix("Shell command:").strip())
-    return commands
-
-
 def fake_apptainer(workdir: Path) -> str:
     """PATH with a stand-in `apptainer` (Snakemake asks for its version) and an empty vididi.sif in
     `workdir`: Snakemake plans container jobs, nothing runs in a container."""
@@ -135,59 +122,70 @@ def fake_apptainer(workdir: Path) -> str:
     return f"{fake.parent}{os.pathsep}{os.environ['PATH']}"
 
 
-@pytest.fixture(scope="module")
-def image_commands(tmp_path_factory) -> dict[str, str]:
-    """The jobs' shell commands under --use-singularity, planned with a stand-in `apptainer` (Snakemake
-    asks for its version) and an empty .sif: nothing runs in a container."""
-    tmp = tmp_path_factory.mktemp("singularity")
-    done = snakemake(tmp, "-n", "-p", "--use-singularity", "--configfile", str(REPO / "config.yaml"), extra_env={"PATH": fake_apptainer(tmp)})
+def test_jobs_in_the_image_have_the_commands_of_the_host(tmp_path):
+    """The interpreter is not on the command lines (workflow/bin/vididi picks it), so a run in the image
+    and a run on the host are the same jobs to Snakemake: switching re-runs nothing."""
+    plans = {}
+    for flags in ([], ["--use-singularity"]):
+        done = snakemake(tmp_path, "-n", "-p", *flags, "--configfile", str(REPO / "config.yaml"), extra_env={"PATH": fake_apptainer(tmp_path)} if flags else None)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+        plans[bool(flags)] = sorted(re.findall(r"Shell command: (.*)", done.stdout))
+    assert plans[True] == plans[False] and len(plans[False]) > 10
+    assert all(c == "None" or c.startswith("vididi ") and "python" not in c and "/opt/" not in c for c in plans[True]), plans[True]
+
+
+def fake_image(workdir: Path) -> str:
+    """PATH with a stand-in `apptainer` that runs a job's `bash -c '...'` on this host the way the image
+    would: with the image's PATH (here: the system's, without the venv) plus $APPTAINERENV_PREPEND_PATH,
+    and this venv's Python in place of the image's."""
+    fake = workdir / "bin" / "apptainer"
+    fake.parent.mkdir()
+    fake.write_text(f"""#!/bin/sh
+[ "$1" = --version ] && {{ echo 'apptainer version 1.3.4'; exit 0; }}
+while [ "$1" != -c ]; do shift; done
+export PATH="$APPTAINERENV_PREPEND_PATH:/usr/bin:/bin" VIDIDI_PYTHON={BIN / "python"}
+exec bash -c "$2"
+""")
+    fake.chmod(0o755)
+    (workdir / "vididi.sif").write_bytes(b"")
+    return f"{fake.parent}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.mark.slow
+def test_a_finished_host_run_is_current_in_the_image_and_back(tmp_path):
+    """Real jobs through the stand-in image find `vididi` on the image's PATH; after them, neither
+    --use-singularity nor the host plans anything (Snakemake's software-env trigger is off in the
+    profile: the image pins the checkout's versions and the stage checks them)."""
+    micro = tmp_path / "micro.yaml"
+    micro.write_text(yaml.safe_dump({"datasets": {"synthetic": {"source": "synthetic", "synthetic": {
+        "classes": ["LinearMotion", "Pulsing"], "groups": 2, "clips_per_group": 2, "test_groups": 1, "val_groups": 0,
+        "frames": 16, "size": 32, "fps": 8, "untrimmed": {"train": 0, "test": 0}},
+        "extract": {"short_side": 32, "shard_size": 5}, "clips": {"frames": 4, "stride": 2, "size": 28}}}}))  # fmt: skip
+    env = {"PATH": fake_image(tmp_path)}
+    target = "data/shards/synthetic/index.tsv"
+    done = snakemake(tmp_path, target, "--cores", "2", "--use-singularity", "--configfile", str(micro), extra_env=env, timeout=300)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    return shell_commands(done.stdout)
+    for flags in ([], ["--use-singularity"]):
+        again = snakemake(tmp_path, target, "-n", *flags, "--configfile", str(micro), extra_env=env)
+        assert "Nothing to be done" in again.stdout + again.stderr, (flags, (again.stdout + again.stderr)[-2000:])
 
 
-def test_jobs_in_the_image_run_the_checkouts_code_with_the_images_python(image_commands):
-    generate = image_commands["generate"]
-    assert f"PYTHONPATH={shlex.quote(str(REPO))} /opt/venv/bin/python -m vididi.cli generate --dataset synthetic" in generate, (
-        generate
-    )
-    assert image_commands["pretrain"].count("/opt/venv/bin/python -m vididi.cli pretrain") == 1, image_commands["pretrain"]
-    for rule, command in image_commands.items():
-        if rule != "all":
-            assert "/opt/vididi/constraints.txt" in command, (rule, command)
+def test_the_stages_stop_in_one_line_when_the_image_pins_other_versions(tmp_path, monkeypatch):
+    from vididi import cli, utils
 
-
-def test_jobs_on_the_host_run_the_checkouts_code_with_this_python(tmp_path):
-    done = snakemake(tmp_path, "-n", "-p", "--configfile", str(REPO / "config.yaml"))
-    commands = shell_commands(done.stdout)
-    python = str(BIN / "python")
-    assert commands["generate"].startswith(f"{python} -m vididi.cli generate") or commands["generate"].startswith(
-        f"{python}3 -m vididi.cli generate"
-    ), commands["generate"]
-    assert "/opt/vididi" not in commands["generate"]
-
-
-def run_check(command: str, image_pins: Path) -> subprocess.CompletedProcess:
-    """The version check that precedes a job in the image, with `image_pins` as the image's file."""
-    check = command.split("PYTHONPATH=")[0].replace("/opt/vididi/constraints.txt", str(image_pins))
-    return subprocess.run(["sh", "-c", check + "echo ran"], capture_output=True, text=True, timeout=30)
-
-
-def test_image_with_the_checkouts_pins_runs_the_job(image_commands, tmp_path):
     pins = tmp_path / "constraints.txt"
+    monkeypatch.setattr(utils, "IMAGE_PINS", pins)
+    monkeypatch.setattr(utils.sys, "prefix", str(utils.IMAGE_VENV))  # as in the image
     pins.write_text((REPO / "constraints.txt").read_text())
-    done = run_check(image_commands["generate"], pins)
-    assert done.returncode == 0 and done.stdout == "ran\n", done.stderr
-
-
-def test_image_with_other_pins_stops_the_job_with_one_line_naming_them(image_commands, tmp_path):
-    pins = tmp_path / "constraints.txt"
+    assert utils.image_pins_mismatch(REPO) is None
     pins.write_text((REPO / "constraints.txt").read_text().replace("torch==2.14.1", "torch==2.13.0"))
-    done = run_check(image_commands["generate"], pins)
-    assert done.returncode == 1 and done.stdout == "", done.stdout
-    (line,) = done.stderr.splitlines()
+    line = utils.image_pins_mismatch(REPO)
     assert "< torch==2.13.0" in line and "> torch==2.14.1" in line and "make image sif" in line, line
-    missing = run_check(image_commands["generate"], tmp_path / "absent.txt")
-    assert missing.returncode == 1 and "make image sif" in missing.stderr, missing.stderr
+    pins.unlink()
+    assert "make image sif" in utils.image_pins_mismatch(REPO)
+    assert cli.main(["manifest", "--dataset", "synthetic"]) == 2  # before any work
+    monkeypatch.setattr(utils.sys, "prefix", "/somewhere/else")  # outside the image: no check
+    assert utils.image_pins_mismatch(REPO) is None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from vididi.config import expand_runs
-from vididi.launch import first_host, head_host, launcher_command, main, torchrun_args
+from vididi.launch import first_host, head_host, launcher_argv, main, torchrun_args
 from vididi.layout import run_dir
 from vididi.utils import VididiError
 
@@ -57,12 +57,12 @@ def test_torchrun_args_from_the_slurm_environment(monkeypatch):
         torchrun_args(1, {"SLURM_NNODES": "2"})
 
 
-def test_launcher_command_per_node_and_gpu_count():
-    assert launcher_command(0, 1) == "" and launcher_command(1, 1) == ""  # the plain `vididi pretrain`
-    assert launcher_command(4, 1, "/x/python") == "/x/python -m torch.distributed.run --standalone --nproc_per_node 4 -m vididi.cli pretrain"
-    cmd = launcher_command(8, 3, "/x/python")
+def test_launcher_per_node_and_gpu_count():
+    assert launcher_argv(0, 1, "py") == [] and launcher_argv(1, 1, "py") == []  # the plain `vididi pretrain`
+    assert launcher_argv(4, 1, "/x/python") == "/x/python -m torch.distributed.run --standalone --nproc_per_node 4 -m vididi.cli".split()
+    cmd = " ".join(launcher_argv(8, 3, "/x/python"))
     assert cmd.startswith("srun --nodes 3 --ntasks 3 --ntasks-per-node 1 ")
-    assert cmd.endswith(" /x/python -m vididi.launch --nproc-per-node 8 pretrain")
+    assert cmd.endswith(" /x/python -m vididi.launch --nproc-per-node 8")
 
 
 def test_stage_arguments_pass_through_the_launcher(monkeypatch):
@@ -78,14 +78,27 @@ def test_stage_arguments_pass_through_the_launcher(monkeypatch):
     assert "n1:29500" in argv
 
 
-def test_pretrain_rule_launches_multi_node_runs_through_srun():
-    """The rule's launcher follows `pretrain.nodes` (config schema default 1: the one-node commands)."""
-    from vididi.config import resolve
+@pytest.mark.parametrize("argv", [["--run", "r"], ["--run=r"], ["--run-name", "r"]])
+def test_vididi_pretrain_launches_itself_under_torchrun_for_several_gpus(monkeypatch, tmp_path, argv):
+    """The rule, a hand run and a SLURM job all run `vididi pretrain ...`: with pretrain.gpus > 1 the
+    stage replaces itself with torchrun (whose parser would take `--run` for its --run-path)."""
+    from vididi import cli
 
-    cfg = resolve({})
-    assert cfg["pretrain"]["nodes"] == 1
-    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
-    assert 'launcher_command(config["pretrain"]["gpus"], config["pretrain"]["nodes"], _python())' in common
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda exe, command: calls.append(command))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"pretrain": {"gpus": 2}}))
+    cli.main(["pretrain", "--config", str(config), "--dataset", "synthetic", *argv])  # fails after the (mocked) exec
+    (command,) = calls
+    assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    assert command[command.index("vididi.cli") + 1 :][:4] == ["pretrain", "--config", str(config), "--dataset"]
+    assert "--run" not in command and not any(a.startswith("--run=") for a in command), command
+    calls.clear()
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a launched worker trains, it does not launch again
+    cli.main(["pretrain", "--config", str(config), "--dataset", "synthetic", *argv])
+    assert calls == []
 
 
 # --------------------------------------------------------------------------------------------------

@@ -49,9 +49,12 @@ def test_dry_run_on_the_default_config(tmp_path):
     counts = job_counts(output)
     assert counts.get("generate") == 1 and counts.get("manifest") == 1 and counts.get("index") == 1, counts
     assert counts.get("pretrain") == 2, counts  # the config's two runs
-    # every rule is a thin call of the CLI, which reads the validated config of this invocation
-    # through $VIDIDI_CONFIG (never named on the command line: see common.smk)
-    stages = set(re.findall(r"-m vididi.cli (\w+) --dataset", output))
+    # every rule is a thin call of the CLI (workflow/bin/vididi), which reads the validated config of
+    # this invocation through $VIDIDI_CONFIG; neither the interpreter nor a path of this machine is on
+    # the command line (they would re-run everything when they change: common.smk)
+    commands = re.findall(r"Shell command: (.*)", output)
+    assert commands and all(c.startswith("vididi ") and str(BIN) not in c and "python" not in c for c in commands if c != "None"), commands
+    stages = set(re.findall(r"Shell command: vididi (\w+) --dataset", output))
     assert {"generate", "manifest", "index", "pretrain"} <= stages, stages
     resolved = json.loads((tmp_path / "results" / "config.resolved.yaml").read_text())
     assert resolved == load_config([REPO / "config.yaml"])
@@ -64,7 +67,7 @@ def test_out_of_context_datasets_reuse_the_data_of_their_in_context_twin(tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     counts = job_counts(done.stdout + done.stderr)
     assert counts.get("generate") == counts.get("manifest") == counts.get("index") == 3, counts
-    data_stages = re.findall(r"-m vididi.cli (?:generate|manifest|index) --dataset (\w+)", done.stdout + done.stderr)
+    data_stages = re.findall(r"vididi (?:generate|manifest|index) --dataset (\w+)", done.stdout + done.stderr)
     assert sorted(data_stages) == ["sb0"] * 3 + ["sb50"] * 3 + ["sb90"] * 3, data_stages
 
 

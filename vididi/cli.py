@@ -13,9 +13,10 @@ import importlib
 import os
 import sys
 import time
+from pathlib import Path
 
 from .names import FIGURES, METRIC_STAGES
-from .utils import VididiError, get_logger
+from .utils import VididiError, get_logger, image_pins_mismatch
 
 # stage -> (help, the keyword arguments of its entry point `vididi.stages.<stage>.main`); the
 # stage names come from names.STAGES (a test checks that both agree)
@@ -64,14 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     log = get_logger()
     started = time.time()
     try:
         from .config import load_config, parse_overrides
 
+        mismatch = image_pins_mismatch(Path(__file__).resolve().parents[1])
+        if mismatch:
+            raise VididiError(mismatch)
         config_files = args.config or [os.environ.get("VIDIDI_CONFIG") or "config.yaml"]
         config = load_config(config_files, overrides=parse_overrides(args.set))
+        if args.stage in LAUNCHED_STAGES:
+            _launch_if_distributed(config, args.stage, argv)
         # before torch / scikit-learn load: their OpenMP pools default to every core, which thrashes
         # when Snakemake runs jobs side by side (Snakemake sets this itself to the rule's threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(config["threads"]))
@@ -80,13 +87,45 @@ def main(argv: list[str] | None = None) -> int:
         log.info("vididi %s: config %s", args.stage, " + ".join(map(str, config_files)))
         _dispatch(args, config)
     except VididiError as exc:
-        print(f"vididi {args.stage}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"vididi {args.stage}: error: {one_line(exc)}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"vididi {args.stage}: interrupted", file=sys.stderr)
         return 130
     log.info("vididi %s done in %.1f s", args.stage, time.time() - started)
     return 0
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of a user error, also when a DataLoader worker raised it (torch re-raises it with
+    the worker's traceback in the message: its last line is the original one)."""
+    text = str(exc)
+    if "Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
+
+
+# Stages that train on several processes when the config asks for several GPUs or nodes: the stage
+# launches itself under torchrun (srun + one torchrun per node), so a rule, a hand run and a SLURM job
+# all run the same `vididi pretrain ...` command line.
+LAUNCHED_STAGES = ("pretrain",)
+
+
+def _launch_if_distributed(config: dict, stage: str, argv: list[str]) -> None:
+    """Replace this process by `torchrun ... -m vididi.cli <argv>` when `pretrain.gpus` > 1 or
+    `pretrain.nodes` > 1 and it is not already a launched worker (vididi/launch.py)."""
+    from .launch import launcher_argv
+
+    if "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ:  # already a worker
+        return
+    command = launcher_argv(config["pretrain"]["gpus"], config["pretrain"]["nodes"], sys.executable)
+    if command:
+        # torchrun's own parser takes `--run` for an abbreviation of its --run-path, wherever it stands
+        command += ["--run-name" if a == "--run" else a.replace("--run=", "--run-name=", 1) for a in argv]
+        get_logger().info("vididi %s: launching %s", stage, " ".join(command))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(command[0], command)
 
 
 def _dispatch(args: argparse.Namespace, config: dict) -> None:

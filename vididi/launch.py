@@ -1,6 +1,6 @@
 """Multi-node launch: one torchrun per node, meeting at a c10d rendezvous, under SLURM.
 
-`pretrain.nodes: N > 1` makes the pretrain rule run
+`pretrain.nodes: N > 1` makes `vididi pretrain ...` (vididi.cli) replace itself with
 
     srun --nodes N --ntasks N --ntasks-per-node 1 python -m vididi.launch --nproc-per-node G pretrain ...
 
@@ -79,17 +79,15 @@ def torchrun_args(nproc_per_node: int, env: Mapping[str, str]) -> list[str]:
     ]  # fmt: skip
 
 
-def launcher_command(gpus: int, nodes: int, python: str = "python") -> str:
-    """The shell command the pretrain rule starts `vididi pretrain` with (its arguments follow);
-    "" for one process (the caller's plain stage command). `python`: the stages' interpreter."""
+def launcher_argv(gpus: int, nodes: int, python: str) -> list[str]:
+    """The command `vididi pretrain` replaces itself with when a run asks for several processes (the
+    stage's arguments follow it); [] for one process. `python`: the stages' interpreter."""
     if nodes > 1:
-        return (
-            f"srun --nodes {nodes} --ntasks {nodes} --ntasks-per-node 1 --kill-on-bad-exit=1 "
-            f"{python} -m vididi.launch --nproc-per-node {max(gpus, 1)} pretrain"
-        )
+        return ["srun", "--nodes", str(nodes), "--ntasks", str(nodes), "--ntasks-per-node", "1", "--kill-on-bad-exit=1",
+                python, "-m", "vididi.launch", "--nproc-per-node", str(max(gpus, 1))]  # fmt: skip
     if gpus > 1:
-        return f"{python} -m torch.distributed.run --standalone --nproc_per_node {gpus} -m vididi.cli pretrain"
-    return ""
+        return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(gpus), "-m", "vididi.cli"]
+    return []
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -11,13 +11,12 @@ sys.path.insert(0, str(Path(workflow.basedir).parent))  # vididi.config needs on
 os.environ.update(VIDIDI_REPO=str(Path(workflow.basedir).parent))
 CONDA_ENV = "../../envs/vididi.yaml"  # for --use-conda, relative to workflow/rules/
 
-from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
 
 from vididi import config as vc
 from vididi import layout as L
 from vididi import names
-from vididi.utils import write_text
+from vididi.utils import IMAGE_VENV, image_pins_mismatch, write_text
 
 try:
     _resolved = vc.resolve(config)
@@ -57,35 +56,41 @@ if IN_IMAGE and "://" not in config["container"] and not Path(config["container"
     sys.exit(f"vididi: no image {config['container']} here for --use-singularity; build it with `make image sif` (docs/deployment.md)")
 # Snakemake itself running inside the image (`docker run ... snakemake`, `make image-test`): its
 # packages must be the ones the checkout pins, since the checkout's code runs on them.
-IMAGE_VENV = Path(os.sep, "opt", "venv")  # the image's environment and pins (Dockerfile)
-IMAGE_PINS = Path(os.sep, "opt", "vididi", "constraints.txt")
-if sys.prefix == str(IMAGE_VENV) and IMAGE_PINS.is_file() and IMAGE_PINS.read_text() != (REPO / "constraints.txt").read_text():
-    sys.exit(f"vididi: this image was built from another constraints.txt than {REPO}'s; rebuild it with `make image`")
+if image_pins_mismatch(REPO):
+    sys.exit(f"vididi: {image_pins_mismatch(REPO)}")
 
 
 def _python():
-    """The interpreter that runs the stages, always on the checkout's code (`-m vididi.cli`). On the host:
-    the one running Snakemake (the project's environment, activated or not: `.venv/bin/snakemake` works
-    without `source .venv/bin/activate`). Under --use-conda: the environment's `python` (it installs the
-    checkout editable). Under --use-singularity, the image's Python with the checkout first on
-    PYTHONPATH, after a check that the image's packages are the versions the checkout pins (else one
-    line naming the differing pins)."""
+    """The interpreter that runs the stages ($VIDIDI_PYTHON for workflow/bin/vididi), always on the
+    checkout's code. On the host: the one running Snakemake (the project's environment, activated or
+    not: `.venv/bin/snakemake` works without `source .venv/bin/activate`). Under --use-conda: the
+    environment's `python` (it installs the checkout editable). In the image (--use-singularity), the image's,
+    which checks first that the image's packages are the versions the checkout pins (vididi.cli)."""
     methods = workflow.deployment_settings.deployment_method
     if DeploymentMethod.APPTAINER in methods:
-        repo = shlex.quote(str(REPO))
-        check = (
-            f"d=$(diff {IMAGE_PINS} {repo}/constraints.txt 2>&1 | grep -v -e '^[0-9]' -e '^---$' | tr '\\n' ' '); "
-            f'[ -z "$d" ] || {{ echo "vididi: image and checkout pin other versions (< image, > checkout): $d; rebuild: make image sif" >&2; exit 1; }}; '
-        )
-        return f"{check}PYTHONPATH={repo} {IMAGE_VENV}/bin/python"
+        return str(IMAGE_VENV / "bin" / "python")
     if DeploymentMethod.CONDA in methods:
         return "python"
-    return shlex.quote(sys.executable)
+    return sys.executable
 
 
-def vididi(stage):
-    """The shell prefix of a stage; it reads $VIDIDI_CONFIG."""
-    return f"{_python()} -m vididi.cli {stage}"
+# The rules all run `vididi <stage> ...`, i.e. workflow/bin/vididi, found on PATH (in the image through
+# Apptainer's PREPEND_PATH, since Apptainer does not pass the host's PATH). Keeping the interpreter
+# and the checkout's path off the command lines keeps them out of what Snakemake compares between
+# runs: another venv path, `python -m snakemake` or the image re-run nothing. Snakemake's own
+# software-env trigger is off in the profiles for the same reason (the image pins the checkout's
+# versions and checks them, so it computes what the host computes).
+BIN = str(REPO / "workflow" / "bin")
+os.environ.update(
+    VIDIDI_PYTHON=_python(),
+    PATH=os.pathsep.join([BIN, *(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != BIN)]),
+    APPTAINERENV_PREPEND_PATH=BIN,
+    SINGULARITYENV_PREPEND_PATH=BIN,
+)
+if config["pretrain"]["nodes"] > 1 and IN_IMAGE:
+    # srun must start one container per node from the host; the rule's shell already runs inside one
+    sys.exit("vididi: pretrain.nodes > 1 does not run under --use-singularity (srun is not in the image); "
+             "run multi-node pretraining with the host environment (docs/deployment.md)")
 
 
 def raw_hash(dataset):
@@ -97,17 +102,54 @@ def data_hash(dataset):
 
 
 def index_hash(dataset):
-    return vc.settings_hash([vc.data_settings(config, dataset), config["datasets"][dataset]["clips"]])
+    return vc.settings_hash(vc.index_settings(config, dataset))
 
 
 def run_of(wildcards):
     return vc.find_run(config, wildcards.dataset, wildcards.run)
 
 
+def index_inputs(dataset):
+    """index.tsv and dataset.json of a dataset, marked ancient: a rebuilt index (a shard deleted, damaged
+    or force-extracted, then rebuilt) re-runs nothing downstream by its date; what it contains comes in
+    through `data_content`, which the rules hash. Once the index exists they are asked for through the
+    `index` checkpoint, so that the jobs reading it are planned again when it is rebuilt; before (a
+    fresh run) as plain files, so that `snakemake -n` shows the whole pipeline."""
+    owner = vc.data_owner(config, dataset)
+    if L.info_file(config, owner).is_file():
+        out = checkpoints.index.get(dataset=owner).output
+        return [ancient(out.index), ancient(out.info)]
+    return [ancient(L.index_file(config, owner)), ancient(L.info_file(config, owner))]
+
+
+_CONTENT = {}
+
+
+def data_content(dataset):
+    """dataset.json's digest of the frames, labels and scales (vididi/stamps.py), for a rule whose input
+    has `index_inputs(dataset)`. It waits for the `index` checkpoint: when the index is (re)built in this
+    invocation, the jobs that read it are planned again with the new digest, so the same frames re-train
+    nothing and changed frames re-train. Until then the parameter is "to be determined"."""
+    info = Path(checkpoints.index.get(dataset=vc.data_owner(config, dataset)).output.info)
+    key = (info, info.stat().st_mtime_ns)
+    if key not in _CONTENT:
+        _CONTENT[key] = json.loads(info.read_text())["content"]
+    return _CONTENT[key]
+
+
+def run_hash(wildcards):
+    """The pretrain rule's parameter: the run's settings and its training data's content (config.run_hash)."""
+    return vc.run_hash(vc.pretrain_settings(config, run_of(wildcards)), data_content(wildcards.dataset))
+
+
+def features_hash(wildcards):
+    """What a features file depends on beyond final.pt (evaluation.inputs.features_settings)."""
+    return vc.settings_hash({**vc.eval_settings(config, wildcards.eval_dataset), "data_content": data_content(wildcards.eval_dataset)})
+
+
 def eval_hash(wildcards):
-    """What evaluation outputs depend on beyond their input files."""
-    ds = config["datasets"][wildcards.eval_dataset]
-    return vc.settings_hash([vc.evaluation_settings(config), ds["clips"], ds["split"]])
+    """What a metric file depends on beyond its features file (config.eval_settings)."""
+    return vc.settings_hash(vc.eval_settings(config, wildcards.eval_dataset))
 
 
 def metric_files(dataset):
@@ -122,11 +164,23 @@ def metric_files(dataset):
 
 
 def all_outputs():
+    """The summaries and figures, and the features files they are made from: a deleted features file
+    is remade by a plain `snakemake` even when everything made from it is up to date."""
     out = []
     for dataset in sorted({run.dataset for run in RUNS}):
         out.append(L.summary_file(config, dataset, ".md"))
         out += [L.figure_file(config, dataset, name, ".png") for name in vc.available_figures(config, dataset)]
+    for run in RUNS:
+        out += [L.features_file(config, run, eval_dataset) for eval_dataset in run.eval_datasets]
     return out
+
+
+def all_shards(wildcards):
+    """Every shard of the data the runs use, as a target of its own: a deleted or damaged (moved aside)
+    shard is rebuilt by a plain `snakemake`, and since the rules after the index read it as `ancient`
+    and hash its content, the rebuild re-trains nothing when the frames are the same."""
+    owners = sorted({vc.data_owner(config, d) for run in RUNS for d in (run.dataset, *run.eval_datasets)})
+    return [shard for owner in owners for shard in shard_files(owner)]
 
 
 def raw_videos(wildcards):
@@ -139,29 +193,19 @@ def raw_videos(wildcards):
     return L.download_marker(config, wildcards.dataset)
 
 
-def shard_files(wildcards):
-    manifest = checkpoints.manifest.get(dataset=wildcards.dataset).output[0]
+def shard_files(dataset):
+    """The shards the manifest lists (`dataset`: a name, or the wildcards of a job)."""
+    dataset = getattr(dataset, "dataset", dataset)
+    manifest = checkpoints.manifest.get(dataset=dataset).output[0]
     n_shards = json.loads(Path(manifest).read_text())["n_shards"]
-    return [L.shard_file(config, wildcards.dataset, i) for i in range(n_shards)]
-
-
-def pretrain_launcher(wildcards):
-    """`vididi pretrain`; torchrun with one process per GPU when a run asks for several; srun + one
-    torchrun per node at a c10d rendezvous when it asks for several nodes (vididi/launch.py)."""
-    from vididi.launch import launcher_command
-
-    if config["pretrain"]["nodes"] > 1 and DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method:
-        # srun must start one container per node from the host; the rule's shell already runs inside one
-        raise WorkflowError("vididi: pretrain.nodes > 1 does not run under --use-singularity (srun is not in the "
-                            "image); run multi-node pretraining with the host environment (docs/deployment.md)")
-    return launcher_command(config["pretrain"]["gpus"], config["pretrain"]["nodes"], _python()) or vididi("pretrain")
+    return [L.shard_file(config, dataset, i) for i in range(n_shards)]
 
 
 def figure_inputs(wildcards):
     """What each figure is drawn from."""
     dataset, name = wildcards.dataset, wildcards.figure
     if name == "derivatives":
-        return [L.index_file(config, dataset)]
+        return index_inputs(dataset)
     if name == "bars":
         return [L.summary_file(config, dataset, ".csv")]
     if name == "curves":

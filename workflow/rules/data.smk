@@ -20,12 +20,11 @@ rule generate:
     conda:
         CONDA_ENV
     params:
-        cmd=vididi("generate"),
         settings=lambda w: raw_hash(w.dataset),
     # usually the first job, alone: rendering in 4 processes (Snakemake lowers this to --cores)
     threads: max(config["threads"], 4)
     shell:
-        "{params.cmd} --dataset {wildcards.dataset} --workers {threads} > {log} 2>&1"
+        "vididi generate --dataset {wildcards.dataset} --workers {threads} > {log} 2>&1"
 
 
 checkpoint manifest:
@@ -39,10 +38,9 @@ checkpoint manifest:
     conda:
         CONDA_ENV
     params:
-        cmd=vididi("manifest"),
         settings=lambda w: data_hash(w.dataset),
     shell:
-        "{params.cmd} --dataset {wildcards.dataset} > {log} 2>&1"
+        "vididi manifest --dataset {wildcards.dataset} > {log} 2>&1"
 
 
 rule extract:
@@ -56,14 +54,14 @@ rule extract:
     conda:
         CONDA_ENV
     params:
-        cmd=vididi("extract"),
         settings=lambda w: data_hash(w.dataset),
     shell:
-        "{params.cmd} --dataset {wildcards.dataset} --shard {wildcards.shard} > {log} 2>&1"
+        "vididi extract --dataset {wildcards.dataset} --shard {wildcards.shard} > {log} 2>&1"
 
 
-rule index:
-    """Index the shards, list the bad videos, measure the frame mean and derivative scales per split."""
+checkpoint index:
+    """Index the shards, list the bad videos, measure the frame mean and derivative scales per split, and
+    digest the frames (a checkpoint: the jobs that read the index are planned again with its content)."""
     input:
         shard_files,
     output:
@@ -75,11 +73,10 @@ rule index:
     conda:
         CONDA_ENV
     params:
-        cmd=vididi("index"),
         settings=lambda w: index_hash(w.dataset),
     threads: config["threads"]
     shell:
-        "{params.cmd} --dataset {wildcards.dataset} > {log} 2>&1"
+        "vididi index --dataset {wildcards.dataset} > {log} 2>&1"
 
 
 rule download:
@@ -93,8 +90,7 @@ rule download:
     conda:
         CONDA_ENV
     params:
-        cmd=vididi("download"),
         settings=lambda w: raw_hash(w.dataset),
     retries: 2
     shell:
-        "{params.cmd} --dataset {wildcards.dataset} > {log} 2>&1"
+        "vididi download --dataset {wildcards.dataset} > {log} 2>&1"

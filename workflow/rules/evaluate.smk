@@ -6,8 +6,8 @@ rule features:
     """Frozen order-0 features of a run on an evaluation dataset (BatchNorm recalibrated first)."""
     input:
         checkpoint=L.final_checkpoint(config, RUN),
-        index=lambda w: L.index_file(config, w.eval_dataset),
-        train_index=lambda w: L.index_file(config, w.dataset),
+        index=lambda w: index_inputs(w.eval_dataset),
+        train_index=lambda w: index_inputs(w.dataset),
     output:
         L.features_file(config, RUN, "{eval_dataset}"),
     log:
@@ -17,13 +17,12 @@ rule features:
     benchmark:
         L.run_benchmark(config, RUN, "features-{eval_dataset}")
     params:
-        cmd=vididi("features"),
-        settings=lambda w: eval_hash(w),
+        settings=features_hash,
     threads: config["threads"]
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
     shell:
-        "{params.cmd} --dataset {wildcards.dataset} --run {wildcards.run} --eval-dataset {wildcards.eval_dataset} > {log} 2>&1"
+        "vididi features --dataset {wildcards.dataset} --run {wildcards.run} --eval-dataset {wildcards.eval_dataset} > {log} 2>&1"
 
 
 rule metric:
@@ -41,10 +40,9 @@ rule metric:
     wildcard_constraints:
         stage=names.pattern(names.METRIC_STAGES),
     params:
-        cmd=lambda w: vididi(w.stage),
-        settings=lambda w: eval_hash(w),
+        settings=eval_hash,
     shell:
-        "{params.cmd} --dataset {wildcards.dataset} --run {wildcards.run} --eval-dataset {wildcards.eval_dataset} > {log} 2>&1"
+        "vididi {wildcards.stage} --dataset {wildcards.dataset} --run {wildcards.run} --eval-dataset {wildcards.eval_dataset} > {log} 2>&1"
 
 
 rule summary:
@@ -58,10 +56,8 @@ rule summary:
         L.dataset_log(config, "{dataset}", "summary"),
     conda:
         CONDA_ENV
-    params:
-        cmd=vididi("summary"),
     shell:
-        "{params.cmd} --dataset {wildcards.dataset} > {log} 2>&1"
+        "vididi summary --dataset {wildcards.dataset} > {log} 2>&1"
 
 
 rule attention:
@@ -78,10 +74,9 @@ rule attention:
     benchmark:
         L.run_benchmark(config, RUN, "attention-{eval_dataset}")
     params:
-        cmd=vididi("attention"),
-        settings=lambda w: vc.settings_hash([eval_hash(w), config["figures"], *vc.analysis_settings(config)]),
+        settings=lambda w: vc.settings_hash(vc.attention_settings(config, w.eval_dataset)),
     threads: config["threads"]
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
     shell:
-        "{params.cmd} --dataset {wildcards.dataset} --run {wildcards.run} --eval-dataset {wildcards.eval_dataset} > {log} 2>&1"
+        "vididi attention --dataset {wildcards.dataset} --run {wildcards.run} --eval-dataset {wildcards.eval_dataset} > {log} 2>&1"

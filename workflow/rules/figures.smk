@@ -20,7 +20,6 @@ rule figure:
     wildcard_constraints:
         figure=names.pattern(names.FIGURES),
     params:
-        cmd=vididi("figures"),
         caption=lambda w: FIGURE_CAPTIONS[w.figure],
     shell:
-        "{params.cmd} --dataset {wildcards.dataset} --figure {wildcards.figure} > {log} 2>&1"
+        "vididi figures --dataset {wildcards.dataset} --figure {wildcards.figure} > {log} 2>&1"

@@ -2,10 +2,9 @@
 
 
 rule pretrain:
-    """Pretrain one run (torchrun with one process per GPU when pretrain.gpus > 1); resumes from last.pt."""
+    """Pretrain one run (it launches torchrun itself when pretrain.gpus > 1); resumes from last.pt."""
     input:
-        index=lambda w: L.index_file(config, w.dataset),
-        info=lambda w: L.info_file(config, w.dataset),
+        lambda w: index_inputs(w.dataset),
     output:
         L.final_checkpoint(config, RUN),
     log:
@@ -15,10 +14,9 @@ rule pretrain:
     benchmark:
         L.run_benchmark(config, RUN, "pretrain")
     params:
-        cmd=pretrain_launcher,
-        settings=lambda w: vc.settings_hash(vc.pretrain_settings(config, run_of(w))),
+        settings=run_hash,
     threads: config["threads"]
     resources:
         gpu=config["pretrain"]["gpus"],
     shell:
-        "{params.cmd} --dataset {wildcards.dataset} --run-name {wildcards.run} > {log} 2>&1"
+        "vididi pretrain --dataset {wildcards.dataset} --run {wildcards.run} > {log} 2>&1"
