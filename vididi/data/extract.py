@@ -72,6 +72,7 @@ def write_manifest(config: dict, dataset: str) -> Path:
     listing, missing = list_dataset(source, root, **ds["listing"])
     if not listing.videos:
         raise VididiError(f"dataset {dataset}: no videos found under {root}")
+    _require_every_class(dataset, listing, root)
     size = ds["extract"]["shard_size"]
     videos = [
         {
@@ -94,6 +95,35 @@ def write_manifest(config: dict, dataset: str) -> Path:
     write_json(out, manifest)
     log.info("%s: %d videos in %d shards (%d listed but missing)", dataset, len(videos), manifest["n_shards"], len(missing))
     return out
+
+
+def _require_every_class(dataset: str, listing, root: Path) -> None:
+    """A class without a single video (a classInd.txt line without its folder, a Kinetics label whose
+    clips are all gone) would silently shrink every table; stop, naming it and where it comes from."""
+    if all(v.untrimmed for v in listing.videos):
+        return  # detection-only data (THUMOS14): its classes are those of the segments
+    present = {v.label for v in listing.videos if not v.untrimmed}
+    empty = [name for label, name in enumerate(listing.classes) if label not in present]
+    if empty:
+        name = empty[0]
+        origin = listing.class_origin.get(name, "a class folder")
+        listed = sum(1 for path, _ in listing.missing if path.split("/", 1)[0] == name)
+        why = f" (its {listed} listed videos are not on disk)" if listed else ""
+        more = f"; {len(empty) - 1} more classes neither: {', '.join(empty[1:4])}{', ...' if len(empty) > 4 else ''}" if len(empty) > 1 else ""
+        raise VididiError(f"dataset {dataset}: class {name!r} (from {origin}) has no video under {root}{why}{more}; "
+                          "add its videos or remove the class")  # fmt: skip
+
+
+def _require_readable_classes(dataset: str, manifest: dict, readable_labels: set, bad_report: Path) -> None:
+    """Every class keeps at least one readable video after the bad ones are left out."""
+    trimmed = [v for v in manifest["videos"] if not v["untrimmed"]]
+    if not trimmed:
+        return
+    for label, name in enumerate(manifest["classes"]):
+        if label not in readable_labels:
+            count = sum(1 for v in trimmed if v["label"] == label)
+            raise VididiError(f"dataset {dataset}: class {name!r} has no readable video: all {count} of its videos "
+                              f"are unreadable; see {bad_report}")  # fmt: skip
 
 
 def extract_shard(config: dict, dataset: str, shard: int) -> Path:
@@ -157,6 +187,7 @@ def build_index(config: dict, dataset: str) -> Path:
             f"dataset {dataset}: {len(bad)} of {total} videos are missing or unreadable "
             f"(more than max_bad_fraction={limit}); see {kept_report}"
         )
+    _require_readable_classes(dataset, manifest, {int(r[INDEX_COLUMNS.index("label")]) for r in rows}, kept_report)
     write_text(layout.bad_videos_file(config, dataset), report)
     lines = ["\t".join(INDEX_COLUMNS)]
     for r in rows:

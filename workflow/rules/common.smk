@@ -19,8 +19,19 @@ from vididi import layout as L
 from vididi import names
 from vididi.utils import write_text
 
+# config.yaml of the working directory, under what Snakemake merged from --configfile and --config
+# (as the `configfile:` directive would, whose errors name neither the file nor the line).
+WORKFLOW_CONFIG = "config.yaml"
 try:
-    _resolved = vc.resolve(config)
+    _base = {}
+    if not workflow.config_settings.replace_workflow_config and (
+        Path(WORKFLOW_CONFIG).is_file() or not workflow.config_settings.configfiles
+    ):
+        if not Path(WORKFLOW_CONFIG).is_file():
+            sys.exit(f"vididi: no {WORKFLOW_CONFIG} in {Path.cwd()}: run from the repository root, or name a config with --configfile")
+        _base = vc.read_config_file(WORKFLOW_CONFIG)
+        workflow.configfiles.append(WORKFLOW_CONFIG)  # as the directive does (run metadata)
+    _resolved = vc.resolve(vc.deep_update(_base, config))
 except vc.ConfigError as error:
     sys.exit(f"vididi: {error}")
 config.clear()
