@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+from . import utils
 from .names import FIGURES, METRIC_STAGES
 from .utils import VididiError, get_logger
 
@@ -81,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         _dispatch(args, config)
     except VididiError as exc:
         print(f"vididi {args.stage}: error: {exc}", file=sys.stderr)
+        if utils.ABANDONED_HDF5:  # HDF5 failed a write: its clean-up at exit would crash (utils.atomic_hdf5)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
     except KeyboardInterrupt:
         print(f"vididi {args.stage}: interrupted", file=sys.stderr)

@@ -19,13 +19,12 @@ import logging
 import math
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .. import config as cfgmod
 from .. import layout
 from ..layout import read_manifest
-from ..utils import VididiError, atomic_path, progress, write_json, write_text
+from ..utils import VididiError, atomic_hdf5, progress, write_json, write_text
 from .ffmpeg import decode
 from .shards import DatasetIndex, FrameReader, ShardWriter, format_splits, read_video_table
 from .splits import list_dataset
@@ -135,7 +134,7 @@ def extract_shard(config: dict, dataset: str, shard: int) -> Path:
     root = Path(manifest["root"])
     entries = [v for v in manifest["videos"] if v["shard"] == shard]
     out = layout.shard_file(config, dataset, shard)
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_hdf5(out) as h5:
         h5.attrs.update(dataset=dataset, shard=shard, settings_hash=manifest["settings_hash"])
         writer = ShardWriter(h5, ext["encoding"], ext["jpeg_quality"])
         for entry in progress(entries, desc=f"{dataset} shard {shard}", unit="video"):
