@@ -47,6 +47,7 @@ def download(config: dict, dataset: str) -> Path:
     """Fetch and unpack a registry dataset (resumable, verified); mark the raw folder complete."""
     import os
 
+    from .archives import Limits
     from .download import fetch_dataset
 
     ds = config["datasets"][dataset]
@@ -55,7 +56,7 @@ def download(config: dict, dataset: str) -> Path:
     downloads = layout.downloads_dir(config, dataset)
     raw = layout.raw_dir(config, dataset)
     fetch_dataset(ds["source"], downloads, raw, lock_file=layout.checksums_lock(config, dataset),
-                  password=os.environ.get("VIDIDI_ARCHIVE_PASSWORD"))  # fmt: skip
+                  password=os.environ.get("VIDIDI_ARCHIVE_PASSWORD"), limits=Limits.from_config(ds["unpack"]))  # fmt: skip
     marker = layout.download_marker(config, dataset)
     write_text(marker, f"{ds['source']}\n")
     return marker
