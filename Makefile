@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test install system-packages docs
+.PHONY: run test install system-packages docs plan-env
 
 run: $(STAMP)
 	snakemake --cores all
@@ -32,6 +32,15 @@ system-packages:
 $(STAMP): pyproject.toml constraints.txt | system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+# A planning environment for a cluster's login node: Snakemake and the SLURM plugin, no torch
+# (envs/plan.txt, docs/deployment.md). It plans and submits; the jobs run in the image or a conda env.
+PLAN_VENV ?= .venv-plan
+plan-env: $(PLAN_VENV)/.installed
+$(PLAN_VENV)/.installed: envs/plan.txt constraints.txt
+	$(PYTHON) -m venv $(PLAN_VENV)
+	$(PLAN_VENV)/bin/pip install -q -c constraints.txt -r envs/plan.txt
 	touch $@
 
 # Refresh the committed figures and tables of the README and docs/ from the latest runs of `make run`

@@ -327,3 +327,117 @@ def test_encrypted_zip_needs_the_password(tmp_path):
     assert_nothing_extracted(tmp_path / "raw")
     extract(archive, tmp_path / "raw", password="pw")
     assert read_tree(tmp_path / "raw") == {"test/video_test_0000004.mp4": b"secret video"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# limits: entries, unpacked size, free space (archive bombs)
+
+
+def zeros_zip(path: Path, files: dict[str, int]) -> Path:
+    """A zip of files of zero bytes, deflated: `size` bytes each, about a thousandth of that on disk."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for name, size in files.items():
+            zf.writestr(name, bytes(size))
+    return path
+
+
+def assert_refused_cleanly(dest: Path, failure: pytest.ExceptionInfo, *fragments: str) -> None:
+    message = str(failure.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    assert_nothing_extracted(dest)  # no partial folder, no marker, nothing beside it
+
+
+def test_an_archive_of_very_many_files_is_refused_before_unpacking(tmp_path):
+    archive = make_tar(tmp_path / "part_0.tar.gz", [file_member(f"d{i // 1000}/f{i}", b"") for i in range(50_000)])
+    assert archive.stat().st_size < 500_000  # a few hundred KB
+    dest = tmp_path / "raw"
+    with pytest.raises(VididiError) as failure:
+        extract(archive, dest)
+    assert_refused_cleanly(dest, failure, str(archive), "50,000 entries", "20,000", "unpack.max_files")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part_0.tar.gz", "raw"]
+
+
+def test_the_file_limit_is_raised_by_the_config_and_counts_inner_archives(tmp_path):
+    archive = make_zip(tmp_path / "a.zip", {f"f{i}.txt": b"x" for i in range(30)})
+    with pytest.raises(VididiError, match="it holds 30 entries"):
+        extract(archive, tmp_path / "raw", limits=archives.Limits(max_files=29))
+    assert len(extract(archive, tmp_path / "raw", limits=archives.Limits(max_files=30))) == 30
+    inner = make_zip(tmp_path / "inner.zip", {f"i{i}.txt": b"y" for i in range(5)})
+    outer = make_zip(tmp_path / "outer.zip", {"inner.zip": inner.read_bytes(), "top.txt": b"z"})
+    with pytest.raises(VididiError, match=r"it holds 5 entries \(7 with the archive around it\)"):
+        extract(outer, tmp_path / "nested", inner_archives="*.zip", limits=archives.Limits(max_files=6))
+    assert_nothing_extracted(tmp_path / "nested")
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_a_small_archive_that_unpacks_to_much_more_is_refused_before_unpacking(tmp_path, kind):
+    if kind == "zip":
+        bomb = zeros_zip(tmp_path / "bomb.zip", {"a.bin": 30_000_000, "b.bin": 30_000_000})
+    else:
+        bomb = make_tar(tmp_path / "bomb.tar.gz", [file_member(name, bytes(30_000_000)) for name in ("a.bin", "b.bin")])
+    assert bomb.stat().st_size < 200_000
+    dest = tmp_path / "raw"
+    with pytest.raises(VididiError) as failure:
+        extract(bomb, dest)
+    assert_refused_cleanly(dest, failure, str(bomb), "it unpacks to 60.0 MB", "unpack.max_ratio")
+    assert len(extract(bomb, dest, limits=archives.Limits(max_ratio=1e6))) == 2  # raised: it unpacks
+
+
+def test_an_archive_larger_than_the_free_space_is_refused_before_unpacking(tmp_path, monkeypatch):
+    archive = make_zip(tmp_path / "videos.zip", {"a.avi": bytes(range(256)) * 40})
+    real = shutil.disk_usage
+    monkeypatch.setattr(archives.shutil, "disk_usage", lambda path: real(path)._replace(free=5_000))
+    dest = tmp_path / "raw"
+    with pytest.raises(VididiError) as failure:
+        extract(archive, dest)
+    assert_refused_cleanly(dest, failure, "it unpacks to 10.2 KB", "has 5.0 KB free")
+
+
+def test_a_full_disk_while_unpacking_is_one_line_and_cleans_up(tmp_path, monkeypatch):
+    archive = make_tar(tmp_path / "a.tar.gz", [file_member(f"f{i}", b"data") for i in range(3)])
+
+    def disk_full(self, member, path, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "extract", disk_full)
+    dest = tmp_path / "raw"
+    with pytest.raises(VididiError) as failure:
+        extract(archive, dest)
+    assert_refused_cleanly(dest, failure, f"cannot extract {archive} into {dest}: No space left on device")
+
+
+@needs_bsdtar
+@pytest.mark.parametrize("files", [{"one.bin": 30_000_000}, {f"part{i}.bin": 1_500_000 for i in range(20)}],
+                         ids=["one large file", "many files"])  # fmt: skip
+def test_a_bomb_unpacked_by_bsdtar_is_stopped_while_it_writes(tmp_path, files):
+    """bsdtar (RAR, encrypted zip) lists no sizes worth trusting: the bytes are counted as it writes,
+    and a single file is capped by RLIMIT_FSIZE."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, size in files.items():
+        (src / name).write_bytes(bytes(size))
+    bomb = tmp_path / "TH14_Test_set_mp4.zip"
+    subprocess.run(["bsdtar", "--format", "zip", "--options", "zip:encryption=zipcrypt", "--passphrase", "pw",
+                    "-cf", str(bomb), "-C", str(src), *files], check=True)  # fmt: skip
+    assert bomb.stat().st_size < 300_000
+    dest = tmp_path / "raw"
+    with pytest.raises(VididiError) as failure:
+        extract(bomb, dest, password="pw")
+    assert_refused_cleanly(dest, failure, str(bomb), "it unpacks to more than", "unpack.max_ratio")
+
+
+def test_the_limits_come_from_the_config(tmp_path, monkeypatch):
+    from vididi.config import resolve, schema
+    from vididi.data import download as download_mod
+    from vididi.data import extract as extract_mod
+
+    defaults = schema()["$defs"]["unpack"]["properties"]
+    assert archives.Limits() == archives.Limits(defaults["max_files"]["default"], defaults["max_ratio"]["default"])
+    seen = {}
+    monkeypatch.setattr(download_mod, "fetch_dataset", lambda *args, **kwargs: seen.update(kwargs))
+    config = resolve({"data_dir": str(tmp_path), "datasets": {"ucf": {"source": "ucf101", "unpack": {"max_files": 50_000}}},
+                      "runs": [{"dataset": "ucf", "framework": "vicreg"}]})  # fmt: skip
+    extract_mod.download(config, "ucf")
+    assert seen["limits"] == archives.Limits(max_files=50_000, max_ratio=100)

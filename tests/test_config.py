@@ -171,10 +171,11 @@ def test_load_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config([tmp_path / "absent.yaml"])
     broken = tmp_path / "broken.yaml"
-    broken.write_text("pretrain: {steps: 3\nthreads: [\n")
+    broken.write_text("threads: 2\npretrain:\n  steps: 3\n   lr: 0.1\n")
     with pytest.raises(ConfigError, match="not valid YAML") as info:
         load_config([broken])
     assert "\n" not in str(info.value)
+    assert str(info.value).startswith(f"{broken}:4:"), info.value  # the file, the line, the column
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
@@ -297,3 +298,40 @@ def test_datasets_that_differ_only_in_split_share_their_data_folders(tmp_path):
     clips = {**config["datasets"]["sb0"]["clips"], "frames": 4}
     other = resolve({**config, "datasets": {**config["datasets"], "sb0_ooc": {**config["datasets"]["sb0_ooc"], "clips": clips}}})
     assert data_owner(other, "sb0_ooc") == "sb0_ooc"
+
+
+# --------------------------------------------------------------------------------------------------
+# What YAML 1.1 and hand-written files hand over
+
+
+def test_yaml_literals_take_the_schema_types(tmp_path):
+    """PyYAML reads YAML 1.1: `1e-3` (no dot) is a string, `2026` an integer, `2026-01-31` a date."""
+    given = tmp_path / "config.yaml"
+    given.write_text("results_dir: 2026\ndata_dir: 2026-01-31\npretrain:\n  lr: 1e-3\n  weight_decay: 5E-2\n"
+                     "evaluation:\n  probe:\n    Cs: [1e-4, 1e2, 1]\n"
+                     "datasets:\n  synthetic:\n    source: synthetic\n    split: 2\n")  # fmt: skip
+    config = load_config([given])
+    assert config["pretrain"]["lr"] == 0.001 and config["pretrain"]["weight_decay"] == 0.05
+    assert config["evaluation"]["probe"]["Cs"] == [0.0001, 100.0, 1]
+    assert (config["results_dir"], config["data_dir"]) == ("2026", "2026-01-31")
+    assert config["datasets"]["synthetic"]["split"] == "2"
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"pretrain": {"lr": "1e-3x"}}, "config: pretrain.lr: '1e-3x' is not of type 'number'"),
+    ({"pretrain": {"lr": "inf"}}, "config: pretrain.lr: 'inf' is not of type 'number'"),
+    ({"pretrain": {"steps": "1e3"}}, "config: pretrain.steps: '1e3' is not of type 'integer'"),
+    ({"results_dir": 1.5}, "config: results_dir: 1.5 is not of type 'string' (write it in quotes)"),
+    ({"results_dir": True}, "config: results_dir: True is not of type 'string'"),
+    ({"runs": []}, "config: runs: the list is empty (it needs at least 1 entry)"),
+    ({"pretrain.steps": 3}, "config: (top level): unknown key 'pretrain.steps': write it nested, {pretrain: {steps: 3}} "
+                            "(on the command line: --config pretrain='{steps: 3}')"),
+    ({"datasets": {"synthetic": {"source": "synthetic", "extract.fps": 5}}},
+     "config: datasets.synthetic: unknown key 'extract.fps': write it nested, {datasets: {synthetic: {extract: {fps: 5}}}} "
+     "(on the command line: --config datasets='{synthetic: {extract: {fps: 5}}}')"),
+], ids=["not a number", "not finite", "float for an integer", "float for a string", "boolean for a string",
+        "no runs", "dotted key", "nested dotted key"])  # fmt: skip
+def test_what_stays_an_error_is_one_line(config, message):
+    with pytest.raises(ConfigError) as info:
+        resolve(config)
+    assert str(info.value) == message

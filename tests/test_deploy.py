@@ -482,3 +482,21 @@ def test_make_installs_system_packages_quietly(tmp_path):
     assert done.returncode == 0, done.stderr
     assert calls.read_text().split() == ["update", "install"]
     assert (done.stdout + done.stderr).splitlines() == ["installing ffmpeg and bsdtar (apt-get) ..."]
+
+
+def test_small_jobs_run_locally_or_grouped_on_a_cluster():
+    """summary and figures are local rules; a run's metric jobs form one group, which both SLURM
+    profiles merge into one job (group-components names the rule's group pattern)."""
+    snakefile = (REPO / "workflow" / "Snakefile").read_text()
+    local = re.search(r"^localrules:\n((?:    \w+,\n)+)", snakefile, flags=re.M)
+    assert local and set(re.findall(r"\w+", local.group(1))) == {"all", "summary", "figure"}
+    evaluate = (REPO / "workflow" / "rules" / "evaluate.smk").read_text()
+    metric = evaluate[evaluate.index("rule metric:"):evaluate.index("rule summary:")]
+    (group,) = re.findall(r'group:\n\s+"([^"]+)"', metric)
+    assert group == "metrics-{dataset}-{run}"
+    for name in ("slurm", "slurm-local"):
+        profile = read_yaml(PROFILES / name / "config.yaml")
+        components = dict(entry.split("=") for entry in profile["group-components"])
+        assert int(components[group]) >= 5, name  # every metric job of a paper-config run
+    metric_resources = read_yaml(PROFILES / "slurm" / "config.yaml")["set-resources"]["metric"]
+    assert metric_resources["cpus_per_task"] * 5 <= 16 and metric_resources["mem_mb"] * 5 <= 64000  # a group fits a CPU node

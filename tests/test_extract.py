@@ -403,6 +403,50 @@ def test_folder_source_with_bad_files(tiny_data, tmp_path, vididi_log):
     assert any("indexed 6 videos (2 bad)" in r.getMessage() for r in vididi_log)
 
 
+def folder_of_classes(tiny_data, root: Path, classes: dict[str, int]) -> None:
+    """`root/<class>/clipN.mp4`: copies of the tiny videos, `count` per class."""
+    config, _ = tiny_data
+    sources = sorted((raw_dir(config, DS) / "LinearMotion").glob("*.mp4"))
+    for cls, count in classes.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(count):
+            shutil.copy(sources[i], root / cls / f"clip{i}.mp4")
+
+
+def folder_config(tiny_data, workdir: Path, root: Path, **extract) -> dict:
+    config, _ = tiny_data
+    return tiny_config(workdir, datasets={"mine": {"source": "folder", "root": str(root), "clips": config["datasets"][DS]["clips"],
+                                                   "extract": {"short_side": 16, "shard_size": 4, **extract}}})  # fmt: skip
+
+
+def test_a_class_index_entry_without_videos_stops_the_manifest(tiny_data, tmp_path):
+    root = tmp_path / "videos"
+    folder_of_classes(tiny_data, root, {"walk": 2, "wave": 2})
+    (root / "classInd.txt").write_text("1 walk\n2 jump\n3 wave\n")  # no folder `jump`
+    config = folder_config(tiny_data, tmp_path, root)
+    with pytest.raises(VididiError) as failure:
+        write_manifest(config, "mine")
+    message = str(failure.value)
+    assert "\n" not in message
+    assert "class 'jump'" in message and f"{root / 'classInd.txt'}:2" in message, message
+    assert not (shard_dir(config, "mine") / "manifest.json").exists()
+
+
+def test_a_class_whose_videos_are_all_bad_stops_the_index(tiny_data, tmp_path):
+    root = tmp_path / "videos"
+    folder_of_classes(tiny_data, root, {"walk": 3, "wave": 3, "jump": 2})
+    for clip in (root / "jump").iterdir():
+        clip.write_text("not a video")
+    config = folder_config(tiny_data, tmp_path, root, max_bad_fraction=0.5)  # 2 of 8 bad: within the limit
+    run_data_stage(config, "mine", index=False)
+    with pytest.raises(VididiError) as failure:
+        build_index(config, "mine")
+    message = str(failure.value)
+    assert "\n" not in message
+    assert "class 'jump'" in message and "all 2 of its videos" in message and "bad_videos.tsv" in message, message
+    assert not (shard_dir(config, "mine") / "index.tsv").exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # Interruptions and failures part way
 

@@ -190,3 +190,28 @@ def test_nested_override_on_the_command_line_takes_the_schema_type(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     resolved = json.loads((tmp_path / "results" / "config.resolved.yaml").read_text())
     assert resolved["pretrain"]["steps"] == 1000 and resolved["pretrain"]["batch_size"] == 32
+
+
+def test_the_workflow_config_is_read_with_file_and_line_in_its_errors(tmp_path):
+    """config.yaml is read by the workflow itself (Snakemake's `configfile:` directive says only "Config
+    file is not valid JSON or YAML"), so an error in it names the file and the line."""
+    (tmp_path / "config.yaml").write_text("threads: 2\npretrain:\n  steps: 3\n   lr: 0.1\n")
+    done = snakemake(tmp_path, "-n")
+    assert done.returncode != 0
+    (line,) = stderr_lines(done)
+    assert line.startswith("vididi: config.yaml:4:") and "not valid YAML" in line, line
+    # YAML 1.1 literals take the schema's types: `1e-3` (a string in YAML 1.1) and `2026` (an integer)
+    (tmp_path / "config.yaml").write_text("results_dir: 2026\npretrain:\n  lr: 1e-3\n")
+    done = snakemake(tmp_path, "-n")
+    assert done.returncode == 0, done.stderr[-2000:]
+    resolved = json.loads((tmp_path / "2026" / "config.resolved.yaml").read_text())
+    assert resolved["pretrain"]["lr"] == 0.001 and resolved["results_dir"] == "2026"
+    # an empty run list is a mistake, not a request for nothing
+    done = snakemake(tmp_path, "-n", "--config", "runs=[]")
+    assert done.returncode != 0
+    assert stderr_lines(done) == ["vididi: config: runs: the list is empty (it needs at least 1 entry)"]
+    # no config.yaml and no --configfile: one line saying where it looked
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    done = snakemake(empty, "-n")
+    assert stderr_lines(done) == [f"vididi: no config.yaml in {empty}: run from the repository root, or name a config with --configfile"]

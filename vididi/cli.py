@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import utils
 from .names import FIGURES, METRIC_STAGES
 from .utils import VididiError, get_logger, image_pins_mismatch
 
@@ -88,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         _dispatch(args, config)
     except VididiError as exc:
         print(f"vididi {args.stage}: error: {one_line(exc)}", file=sys.stderr)
+        if utils.ABANDONED_HDF5:  # HDF5 failed a write: its clean-up at exit would crash (utils.atomic_hdf5)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(getattr(exc, "exit_code", 2))
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print(f"vididi {args.stage}: interrupted", file=sys.stderr)

@@ -7,7 +7,9 @@ with Snakemake), so the Snakefile can use it on a host that has Snakemake but no
 from __future__ import annotations
 
 import copy
+import datetime
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -32,17 +34,41 @@ def load_config(paths: Iterable[str | Path], overrides: dict | None = None) -> d
     """Read YAML files (later ones update earlier ones, recursively), then `resolve`."""
     merged: dict = {}
     for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys")
-        merged = deep_update(merged, data)
+        merged = deep_update(merged, read_config_file(path))
     return resolve(deep_update(merged, overrides or {}))
+
+
+def read_config_file(path: str | Path) -> dict:
+    """One YAML config file as a mapping (not yet validated). A missing file, text that is not YAML
+    or a top level that is not a mapping is one line naming the file (and the line and column)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}{_yaml_position(exc)}: not valid YAML: {_yaml_problem(exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return data
+
+
+def _yaml_position(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's reason, with what it was parsing and where that began (its message spans lines)."""
+    problem = getattr(exc, "problem", None)
+    if problem is None:
+        return str(exc).splitlines()[0]
+    context, mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and mark is not None:
+        return f"{problem} ({context} at line {mark.line + 1})"
+    return f"{problem} ({context})" if context else problem
 
 
 def deep_update(base: dict, update: dict) -> dict:
@@ -84,13 +110,10 @@ def _coerce_strings(validator, config: dict) -> list:
         errors = list(validator.iter_errors(config))
         fixed = False
         for error in errors:
-            if not isinstance(error.instance, str) or not error.absolute_path:
+            if not error.absolute_path:
                 continue
-            try:
-                value = yaml.safe_load(error.instance)
-            except yaml.YAMLError:
-                continue
-            if not isinstance(value, str):
+            value = _retyped(error)
+            if value is not _KEEP:
                 *parents, key = error.absolute_path
                 target = config
                 for part in parents:
@@ -100,6 +123,48 @@ def _coerce_strings(validator, config: dict) -> list:
         if not fixed:
             return errors
     return errors
+
+
+_KEEP = object()
+
+
+def _retyped(error: jsonschema.ValidationError) -> Any:
+    """The value `error.instance` was meant to have, or _KEEP.
+
+    - a command-line string where another type is wanted, read as YAML ("1000" -> 1000);
+    - a string that is a float where a number is wanted: PyYAML reads YAML 1.1, where `1e-3` (no dot)
+      is a string;
+    - an integer or a date where a string is wanted (`results_dir: 2026`, `split: 2`); a float is left
+      alone, its written form is lost (0.10 -> 0.1), and the message says to quote it.
+    """
+    instance, wanted = error.instance, _wanted_types(error)
+    if isinstance(instance, str):
+        try:
+            value = yaml.safe_load(instance)
+        except yaml.YAMLError:
+            value = instance
+        if not isinstance(value, str):
+            return value
+        if "number" in wanted:
+            try:
+                number = float(instance)
+            except ValueError:
+                return _KEEP
+            return number if math.isfinite(number) else _KEEP
+        return _KEEP
+    if "string" in wanted and isinstance(instance, (int, datetime.date)) and not isinstance(instance, bool):
+        return instance.isoformat() if isinstance(instance, datetime.date) else str(instance)
+    return _KEEP
+
+
+def _wanted_types(error: jsonschema.ValidationError) -> set[str]:
+    """The JSON types the schema allows for the instance of a `type` error (or of a oneOf / anyOf of them)."""
+    if error.validator == "type":
+        value = error.validator_value
+        return {value} if isinstance(value, str) else set(value)
+    if error.validator in ("oneOf", "anyOf"):
+        return set().union(*(_wanted_types(sub) for sub in error.context if not sub.relative_path))
+    return set()
 
 
 def parse_overrides(entries: Iterable[str]) -> dict:
@@ -154,6 +219,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         allowed = sorted(sub.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
+        dotted = [key for key in extra if isinstance(key, str) and key.split(".")[0] in allowed and "." in key]
+        if dotted:
+            keys = [*error.absolute_path, *dotted[0].split(".")]
+            return f"config: {where}: unknown key {dotted[0]!r}: {_nested_form(keys, error.instance[dotted[0]])}"
         if allowed:
             return f"config: {where}: unknown key {', '.join(map(repr, extra))} (allowed: {', '.join(allowed)})"
         return f"config: {where}: {error.message}"
@@ -164,7 +233,24 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "oneOf":
         choices = [_summarise(s) for s in error.validator_value]
         return f"config: {where}: {error.instance!r} is not allowed (expected {' or '.join(choices)})"
+    if error.validator == "minItems" and error.instance == []:
+        return f"config: {where}: the list is empty (it needs at least {error.validator_value} entry)"
+    if error.validator == "type" and isinstance(error.instance, float) and "string" in _wanted_types(error):
+        return f"config: {where}: {error.message} (write it in quotes)"
     return f"config: {where}: {error.message}"
+
+
+def _nested_form(keys: list, value: Any) -> str:
+    """How a dotted key (`pretrain.steps: 3`) is written: nested in a file, a YAML mapping after
+    Snakemake's --config (whose parser refuses dots in a key)."""
+    first, *rest = keys
+    inner: Any = value
+    for part in reversed(rest):
+        inner = {part: inner}
+    flow = lambda obj: yaml.safe_dump(obj, default_flow_style=True, width=1 << 16).strip()
+    if any(isinstance(k, int) for k in keys):  # inside a list: no command-line form
+        return f"write it nested, {flow({first: inner})}"
+    return f"write it nested, {flow({first: inner})} (on the command line: --config {first}='{flow(inner)}')"
 
 
 def _summarise(subschema: dict) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -22,7 +23,10 @@ class VididiError(Exception):
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
 
-    An interrupted writer therefore never leaves a file that looks complete.
+    An interrupted writer therefore never leaves a file that looks complete. A write that fails for
+    lack of space (or quota, or a file-size limit) becomes one line naming `path` and the reason, even
+    when the writer's own message hides it (torch.save: "basic_ios::clear: iostream error"); the
+    partial file is removed, and an earlier `path` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,8 +35,64 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        reason = _storage_failure(tmp, exc)
+        if reason is None:
+            raise
+        raise VididiError(f"cannot write {path}: {reason}") from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_hdf5(path: str | os.PathLike, **options) -> Iterator[Any]:
+    """An h5py.File written under a temporary name and renamed when complete (`atomic_path`).
+
+    When the storage refuses a write (a full disk), HDF5's state is broken: closing the file fails, and
+    freeing its objects later crashes the process. The file is then left open and listed in
+    ABANDONED_HDF5; the CLI leaves without HDF5's clean-up (os._exit) after printing the error."""
+    import h5py  # lazily: the Snakefile imports this module on hosts without h5py
+
+    with atomic_path(path) as tmp:
+        h5 = h5py.File(tmp, "w", **options)
+        try:
+            yield h5
+            h5.flush()
+        except BaseException as exc:
+            if isinstance(exc, (OSError, RuntimeError)) and _storage_failure(tmp, exc):
+                ABANDONED_HDF5.append(h5)
+            else:
+                h5.close()
+            raise
+        h5.close()
+
+
+ABANDONED_HDF5: list = []  # files HDF5 could not write; never closed (see atomic_hdf5)
+
+
+# a full disk, a full quota, a file-size limit (RLIMIT_FSIZE, with SIGXFSZ ignored), a read-only file system
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def _storage_failure(tmp: Path, exc: BaseException) -> str | None:
+    """The reason a write to `tmp` failed when the storage refused it, else None.
+
+    OSError carries its errno (h5py's too). torch.save's C++ stream loses it, so where the writer got
+    as far as creating `tmp`, the same write is tried once more: 1 MiB appended and synced, which fails
+    the same way on a full disk and costs nothing otherwise (the file is deleted next)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno) if exc.errno in STORAGE_ERRNOS else None
+    if not tmp.exists():
+        return None
+    try:
+        with open(tmp, "ab") as f:
+            f.write(bytes(1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as probe:
+        if probe.errno in STORAGE_ERRNOS:
+            return os.strerror(probe.errno)
+    return None
 
 
 def _remove_orphans(path: Path) -> None:

@@ -14,6 +14,13 @@ Contract of `extract(archive, dest)`:
   extraction is allowed) returns at once; otherwise it extracts again, overwriting, and removes the
   `.partial-*` folder an interrupted run left.
 
+Limits (`Limits`; config `datasets.<name>.unpack`): an archive, with the archives inside it, may hold
+at most `max_files` entries and unpack to at most `max_ratio` times its own size, and no more than the
+free space of the target's file system. zip and tar declare every entry's size, so these are checked
+before anything is written (and the standard library writes exactly the declared sizes); for bsdtar
+the entries are counted from its listing first, and the bytes while it writes (each file it finishes;
+a single file is capped by RLIMIT_FSIZE). A refusal is one line; the partial folder is removed.
+
 zip and tar are read with the standard library. RAR (UCF101 and HMDB51 ship as RAR v4) and encrypted
 zips (THUMOS14's test videos; Python's ZipCrypto runs at about 1 MB/s) go through `bsdtar`, Debian
 package `libarchive-tools`, found on PATH at run time. `unrar-free` and Debian's `7zip` are not used:
@@ -25,14 +32,17 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import resource
 import shutil
+import signal
 import stat
 import subprocess
 import tarfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from vididi.utils import VididiError, progress, write_json
+from vididi.utils import STORAGE_ERRNOS, VididiError, progress, write_json
 
 RAR_MAGIC = (b"Rar!\x1a\x07\x00", b"Rar!\x1a\x07\x01\x00")  # RAR 1.5-4.x, RAR 5
 MARKER_PREFIX = ".vididi-extracted-"
@@ -41,6 +51,63 @@ BSDTAR_HINT = (
     "install bsdtar: Debian/Ubuntu package libarchive-tools (apt-get install libarchive-tools), "
     "conda-forge package libarchive"
 )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one archive, with the archives inside it, may unpack to (config `datasets.<name>.unpack`,
+    same defaults). The largest archive of the registry's datasets, UCF101.rar, holds 13,320 videos;
+    videos barely compress, so their archives unpack to about their own size."""
+
+    max_files: int = 20_000  # entries: files, folders, links
+    max_ratio: float = 100.0  # unpacked bytes per byte of archive
+
+    @classmethod
+    def from_config(cls, unpack: dict) -> "Limits":
+        return cls(max_files=unpack["max_files"], max_ratio=unpack["max_ratio"])
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class _Budget:
+    """The limits as one archive and then the archives inside it are unpacked."""
+
+    def __init__(self, limits: Limits):
+        self.limits, self.entries = limits, 0
+
+    def admit(self, archive: Path, entries: int) -> None:
+        self.entries += entries
+        if self.entries > self.limits.max_files:
+            held = f"{entries:,} entries" + (f" ({self.entries:,} with the archive around it)" if self.entries > entries else "")
+            raise VididiError(f"refusing to extract {archive}: it holds {held}, more than the limit of "
+                              f"{self.limits.max_files:,} (config: datasets.<name>.unpack.max_files)")  # fmt: skip
+
+    def max_bytes(self, archive: Path) -> int:
+        return int(self.limits.max_ratio * archive.stat().st_size)
+
+    def check_bytes(self, archive: Path, into: Path, unpacked: int) -> None:
+        if unpacked > self.max_bytes(archive):
+            raise self.too_big(archive, unpacked)
+        free = shutil.disk_usage(into).free
+        if unpacked > free:
+            raise VididiError(f"refusing to extract {archive}: it unpacks to {_human(unpacked)}, "
+                              f"but {into.parent} has {_human(free)} free")  # fmt: skip
+
+
+    def too_big(self, archive: Path, unpacked: int, more: bool = False) -> VididiError:
+        size = archive.stat().st_size
+        amount = f"more than {_human(unpacked)}" if more else f"{_human(unpacked)}, {unpacked / size:,.0f} times its size"
+        return VididiError(f"refusing to extract {archive} ({_human(size)}): it unpacks to {amount}, more than the limit "
+                           f"of {self.limits.max_ratio:g} times (config: datasets.<name>.unpack.max_ratio)")  # fmt: skip
+
+
+def _human(size: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:,.0f} {unit}" if unit == "bytes" else f"{size:,.1f} {unit}"
+        size /= 1000
+    raise AssertionError
 
 
 def archive_type(path: str | Path) -> str:
@@ -75,12 +142,14 @@ def extract(
     *,
     password: str | None = None,
     inner_archives: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[Path]:
     """Extract `archive` into `dest` safely and atomically; return the extracted files (sorted).
 
     `password`: for encrypted zips (extracted with bsdtar). `inner_archives`: a glob (e.g. "*.rar",
     HMDB51's one archive per class) of extracted files that are archives themselves; each is checked
     and extracted the same way into its own folder and then deleted, before anything reaches `dest`.
+    `limits`: entries and size (see `Limits`), counted over the archive and the archives inside it.
     """
     archive, dest = Path(archive), Path(dest)
     done = _completed(archive, dest)
@@ -92,12 +161,13 @@ def extract(
     marker_path(archive, dest).unlink(missing_ok=True)  # files are about to change: not complete until rewritten
     partial = dest / f"{PARTIAL_PREFIX}{archive.name}"
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
+    budget = _Budget(limits)
     try:
-        _extract_checked(archive, partial, password)
+        _extract_checked(archive, partial, password, budget)
         if inner_archives is not None:
             for inner in sorted(p for p in partial.rglob(inner_archives) if p.is_file() and not p.is_symlink()):
                 unpacked = inner.parent / f"{PARTIAL_PREFIX}{inner.name}"
-                _extract_checked(inner, unpacked, password)
+                _extract_checked(inner, unpacked, password, budget)
                 inner.unlink()
                 _merge_move(unpacked, inner.parent)
         files = _merge_move(partial, dest)
@@ -126,16 +196,22 @@ def _completed(archive: Path, dest: Path) -> list[Path] | None:
     return files
 
 
-def _extract_checked(archive: Path, into: Path, password: str | None) -> None:
-    """Check every entry name, extract into the new folder `into`, then check what landed there."""
+def _extract_checked(archive: Path, into: Path, password: str | None, budget: _Budget) -> None:
+    """Check every entry name and the limits, extract into the new folder `into`, then check what
+    landed there."""
     kind = archive_type(archive)
     into.mkdir(parents=True)
-    if kind == "zip":
-        _extract_zip(archive, into, password)
-    elif kind == "tar":
-        _extract_tar(archive, into)
-    else:
-        _extract_bsdtar(archive, into, password=None)  # RAR encryption is not supported by bsdtar
+    try:
+        if kind == "zip":
+            _extract_zip(archive, into, password, budget)
+        elif kind == "tar":
+            _extract_tar(archive, into, budget)
+        else:
+            _extract_bsdtar(archive, into, None, budget)  # RAR encryption is not supported by bsdtar
+    except OSError as err:
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        raise VididiError(f"cannot extract {archive} into {into.parent}: {os.strerror(err.errno)}") from None
     _verify_tree(archive, into)
 
 
@@ -176,25 +252,30 @@ def _check_link_target(archive: Path, name: str, target: str, relative_to_entry:
 # formats
 
 
-def _extract_zip(archive: Path, into: Path, password: str | None) -> None:
+def _extract_zip(archive: Path, into: Path, password: str | None, budget: _Budget) -> None:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         for info in infos:
             _check_name(archive, info.filename)
         encrypted = any(info.flag_bits & 0x1 for info in infos)
         if not encrypted:
+            budget.admit(archive, len(infos))
+            # zipfile stops each file at its declared size (and checks its CRC): the sum is what lands
+            budget.check_bytes(archive, into, sum(info.file_size for info in infos))
             # zipfile writes symlink entries as small regular files, so zip links cannot escape
             for info in progress(infos, desc=f"extract {archive.name}", unit="file"):
                 zf.extract(info, into)
             return
     if password is None:
         raise VididiError(f"{archive} is password-protected: pass password=")
-    _extract_bsdtar(archive, into, password=password)
+    _extract_bsdtar(archive, into, password, budget)
 
 
-def _extract_tar(archive: Path, into: Path) -> None:
+def _extract_tar(archive: Path, into: Path, budget: _Budget) -> None:
     with tarfile.open(archive) as tf:
         members = tf.getmembers()
+        budget.admit(archive, len(members))
+        budget.check_bytes(archive, into, sum(m.size for m in members if m.isfile()))
         symlinks: set[str] = set()
         for member in members:
             name = _check_name(archive, member.name)
@@ -215,7 +296,7 @@ def _extract_tar(archive: Path, into: Path) -> None:
                 raise _refuse(archive, member.name, f"was rejected: {err}") from None
 
 
-def _extract_bsdtar(archive: Path, into: Path, password: str | None) -> None:
+def _extract_bsdtar(archive: Path, into: Path, password: str | None, budget: _Budget) -> None:
     tool = find_bsdtar()
     secret = ["--passphrase", password] if password is not None else []
     listing = subprocess.run([tool, "-tf", str(archive), *secret], capture_output=True, text=True)
@@ -224,16 +305,33 @@ def _extract_bsdtar(archive: Path, into: Path, password: str | None) -> None:
     names = [line for line in listing.stdout.splitlines() if line]
     for name in names:
         _check_name(archive, name)
+    budget.admit(archive, len(names))
+    # sizes are not listed in a form worth parsing: count what bsdtar writes. Each entry's line ends
+    # once the entry is written; a single file is capped by RLIMIT_FSIZE (bsdtar then dies of SIGXFSZ).
+    limit, written, too_big = budget.max_bytes(archive), 0, False
+
+    def cap_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit + 1, limit + 1))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
     # bsdtar's defaults add their own guard: no '..', no absolute paths, no writing through symlinks
     cmd = [tool, "-xvf", str(archive), "-C", str(into), "--no-same-owner", *secret]
-    with subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True) as proc:
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, preexec_fn=cap_file_size) as proc:
         other: list[str] = []
         with progress(total=len(names), desc=f"extract {archive.name}", unit="file") as bar:
             for line in proc.stderr:
                 if line.startswith("x "):
                     bar.update(1)
+                    entry = into / line[2:].rstrip("\n")
+                    written += entry.lstat().st_size if entry.is_file() and not entry.is_symlink() else 0
+                    if written > limit:
+                        too_big = True
+                        proc.kill()
+                        break
                 else:
                     other.append(line.strip())
+    if too_big or proc.returncode == -signal.SIGXFSZ:
+        raise budget.too_big(archive, limit, more=True)
     if proc.returncode != 0:
         raise VididiError(f"bsdtar failed on {archive}: {other[-1] if other else f'exit code {proc.returncode}'}")
 

@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import yaml
 
 from vididi import __version__
-from vididi.data.archives import extract
+from vididi.data.archives import DEFAULT_LIMITS, Limits, extract
 from vididi.utils import VididiError, atomic_path, get_logger, progress, write_json
 
 MiB = 1 << 20
@@ -421,12 +421,13 @@ def fetch_dataset(
     password: str | None = None,
     include_optional: bool = False,
     registry: dict[str, DatasetSpec] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
     **download_options,
 ) -> Path:
     """Download and extract a registry dataset; return its root (`raw_dir/<spec.root>`) for list_dataset.
 
     Archives are extracted into `raw_dir/<extract_to>` (skipped when already complete); plain files are
-    copied there. `password` is used for files marked password_protected.
+    copied there. `password` is used for files marked password_protected; `limits` apply to each archive.
     """
     spec = _spec(name, registry)
     raw_dir = Path(raw_dir)
@@ -437,7 +438,7 @@ def fetch_dataset(
         target = raw_dir / file.extract_to
         if file.archive is not None:
             secret = password if file.password_protected else None
-            extract(local, target, password=secret, inner_archives=file.inner_archives)
+            extract(local, target, password=secret, inner_archives=file.inner_archives, limits=limits)
         else:
             _copy_if_changed(local, target / local.name)
     return raw_dir / spec.root

@@ -24,13 +24,12 @@ import logging
 import math
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .. import config as cfgmod
 from .. import layout, stamps
 from ..layout import read_manifest
-from ..utils import VididiError, atomic_path, config_hash, progress, write_json, write_text
+from ..utils import VididiError, atomic_hdf5, config_hash, progress, write_json, write_text
 from .ffmpeg import decode, ffmpeg_version
 from .shards import LIBVER, DatasetIndex, FrameReader, ShardWriter, format_splits, read_video_table
 from .splits import list_dataset
@@ -53,6 +52,7 @@ def download(config: dict, dataset: str) -> Path:
     """Fetch and unpack a registry dataset (resumable, verified); mark the raw folder complete."""
     import os
 
+    from .archives import Limits
     from .download import fetch_dataset
 
     ds = config["datasets"][dataset]
@@ -61,7 +61,7 @@ def download(config: dict, dataset: str) -> Path:
     downloads = layout.downloads_dir(config, dataset)
     raw = layout.raw_dir(config, dataset)
     fetch_dataset(ds["source"], downloads, raw, lock_file=layout.checksums_lock(config, dataset),
-                  password=os.environ.get("VIDIDI_ARCHIVE_PASSWORD"))  # fmt: skip
+                  password=os.environ.get("VIDIDI_ARCHIVE_PASSWORD"), limits=Limits.from_config(ds["unpack"]))  # fmt: skip
     marker = layout.download_marker(config, dataset)
     write_text(marker, f"{ds['source']}\n")
     return marker
@@ -77,6 +77,7 @@ def write_manifest(config: dict, dataset: str) -> Path:
     listing, missing = list_dataset(source, root, **ds["listing"])
     if not listing.videos:
         raise VididiError(f"dataset {dataset}: no videos found under {root}")
+    _require_every_class(dataset, listing, root)
     size = ds["extract"]["shard_size"]
     videos = [
         {
@@ -111,6 +112,35 @@ def current_manifest(config: dict, dataset: str) -> dict:
     return manifest
 
 
+def _require_every_class(dataset: str, listing, root: Path) -> None:
+    """A class without a single video (a classInd.txt line without its folder, a Kinetics label whose
+    clips are all gone) would silently shrink every table; stop, naming it and where it comes from."""
+    if all(v.untrimmed for v in listing.videos):
+        return  # detection-only data (THUMOS14): its classes are those of the segments
+    present = {v.label for v in listing.videos if not v.untrimmed}
+    empty = [name for label, name in enumerate(listing.classes) if label not in present]
+    if empty:
+        name = empty[0]
+        origin = listing.class_origin.get(name, "a class folder")
+        listed = sum(1 for path, _ in listing.missing if path.split("/", 1)[0] == name)
+        why = f" (its {listed} listed videos are not on disk)" if listed else ""
+        more = f"; {len(empty) - 1} more classes neither: {', '.join(empty[1:4])}{', ...' if len(empty) > 4 else ''}" if len(empty) > 1 else ""
+        raise VididiError(f"dataset {dataset}: class {name!r} (from {origin}) has no video under {root}{why}{more}; "
+                          "add its videos or remove the class")  # fmt: skip
+
+
+def _require_readable_classes(dataset: str, manifest: dict, readable_labels: set, bad_report: Path) -> None:
+    """Every class keeps at least one readable video after the bad ones are left out."""
+    trimmed = [v for v in manifest["videos"] if not v["untrimmed"]]
+    if not trimmed:
+        return
+    for label, name in enumerate(manifest["classes"]):
+        if label not in readable_labels:
+            count = sum(1 for v in trimmed if v["label"] == label)
+            raise VididiError(f"dataset {dataset}: class {name!r} has no readable video: all {count} of its videos "
+                              f"are unreadable; see {bad_report}")  # fmt: skip
+
+
 def extract_shard(config: dict, dataset: str, shard: int) -> Path:
     """Decode the videos of one shard into `shard-NNNNN.h5` (atomically)."""
     manifest = current_manifest(config, dataset)
@@ -120,7 +150,7 @@ def extract_shard(config: dict, dataset: str, shard: int) -> Path:
     root = Path(manifest["root"])
     entries = [v for v in manifest["videos"] if v["shard"] == shard]
     out = layout.shard_file(config, dataset, shard)
-    with atomic_path(out) as tmp, h5py.File(tmp, "w", libver=LIBVER) as h5:
+    with atomic_hdf5(out, libver=LIBVER) as h5:
         h5.attrs.update(dataset=dataset, shard=shard, settings_hash=manifest["settings_hash"], ffmpeg=ffmpeg_version())
         writer = ShardWriter(h5, ext["encoding"], ext["jpeg_quality"])
         for entry in progress(entries, desc=f"{dataset} shard {shard}", unit="video"):
@@ -176,6 +206,7 @@ def build_index(config: dict, dataset: str) -> Path:
             f"dataset {dataset}: {len(bad)} of {total} videos are missing or unreadable "
             f"(more than max_bad_fraction={limit}); see {kept_report}"
         )
+    _require_readable_classes(dataset, manifest, {int(r[INDEX_COLUMNS.index("label")]) for r in rows}, kept_report)
     write_text(layout.bad_videos_file(config, dataset), report)
     lines = ["\t".join(INDEX_COLUMNS)]
     for r in rows:

@@ -66,6 +66,7 @@ class DatasetListing:
     videos: list[VideoEntry]
     segments: list[Segment]  # ground truth of untrimmed videos (empty if none)
     missing: list[Missing] = field(default_factory=list)  # annotated files absent on disk
+    class_origin: dict[str, str] = field(default_factory=dict)  # class -> where its name comes from ("file:line")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -132,13 +133,15 @@ def _path_and_code(line: str) -> tuple[str, str | None]:
 
 
 def _sorted_listing(
-    classes: list[str], videos: list[VideoEntry], segments: list[Segment], missing: list[Missing]
+    classes: list[str], videos: list[VideoEntry], segments: list[Segment], missing: list[Missing],
+    class_origin: dict[str, str] | None = None,
 ) -> DatasetListing:
     return DatasetListing(
         classes=classes,
         videos=sorted(videos, key=lambda v: v.video_id),
         segments=sorted(segments, key=lambda s: (s.video_id, s.start, s.end, s.label)),
         missing=sorted(set(missing)),
+        class_origin=class_origin or {},
     )
 
 
@@ -161,6 +164,11 @@ def _files(folder: Path) -> list[Path]:
 
 def read_class_index(path: str | Path) -> list[str]:
     """classInd.txt (`<1-based index> <name>` per line; names may hold spaces) -> class names in index order."""
+    return list(_read_class_index(path))
+
+
+def _read_class_index(path: str | Path) -> dict[str, int]:
+    """classInd.txt -> {class name: its line}, in index order."""
     path = Path(path)
     by_index: dict[int, str] = {}
     line_of: dict[str, int] = {}
@@ -176,15 +184,16 @@ def read_class_index(path: str | Path) -> list[str]:
         by_index[index], line_of[name] = name, n
     if sorted(by_index) != list(range(1, len(by_index) + 1)):
         raise VididiError(f"{path}: class indices must be 1..{len(by_index)} without gaps")
-    return [by_index[i] for i in range(1, len(by_index) + 1)]
+    return {by_index[i]: line_of[by_index[i]] for i in range(1, len(by_index) + 1)}
 
 
-def _class_list(folders: dict[str, list[Path]], index_file: Path | None) -> tuple[list[str], str]:
-    """(class names in label order, where they come from): classInd.txt when there is one, else the
-    sorted class folders."""
+def _class_list(folders: dict[str, list[Path]], index_file: Path | None) -> tuple[list[str], str, dict[str, str]]:
+    """(class names in label order, where they come from, where each comes from): classInd.txt when
+    there is one, else the sorted class folders."""
     if index_file is not None and index_file.is_file():
-        return read_class_index(index_file), str(index_file)
-    return sorted(folders), "the sorted class folders (no classInd.txt)"
+        lines = _read_class_index(index_file)
+        return list(lines), str(index_file), {name: f"{index_file}:{n}" for name, n in lines.items()}
+    return sorted(folders), "the sorted class folders (no classInd.txt)", {}
 
 
 def _read_ucf_split_lists(
@@ -254,7 +263,7 @@ def list_ucf101_layout(root: str | Path) -> DatasetListing:
     root = _require_dir(root, "UCF101 root")
     folders = _class_folders(root, exclude={"untrimmed"})
     list_dir = _find_ucf_list_dir(root)
-    classes, class_source = _class_list(folders, list_dir / "classInd.txt" if list_dir else None)
+    classes, class_source, origin = _class_list(folders, list_dir / "classInd.txt" if list_dir else None)
     list_files = [p for p in _files(list_dir) if _UCF_LIST.match(p.name)] if list_dir else []
     splits, named_in = _read_ucf_split_lists(list_files, classes, class_source)
     videos = _trimmed_entries(root, folders, classes, class_source, splits)
@@ -265,7 +274,7 @@ def list_ucf101_layout(root: str | Path) -> DatasetListing:
         videos += untrimmed.videos
         segments = untrimmed.segments
         missing += untrimmed.missing
-    return _sorted_listing(classes, videos, segments, missing)
+    return _sorted_listing(classes, videos, segments, missing, origin)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -291,6 +300,7 @@ def list_hmdb51(root: str | Path, splits_dir: str | Path | None = None) -> Datas
     split_files = [(p, m.group(1), str(int(m.group(2)))) for p, m in split_files if m]
     folders = _class_folders(root, exclude={splits_dir.name} if splits_dir != root else ())
     classes = sorted({cls for _, cls, _ in split_files} | set(folders))
+    origin = {cls: str(path) for path, cls, _ in reversed(split_files)}  # the first split file of the class
 
     splits: dict[str, dict[str, str]] = {}
     named_in: dict[str, tuple[str, str]] = {}
@@ -307,7 +317,7 @@ def list_hmdb51(root: str | Path, splits_dir: str | Path | None = None) -> Datas
                 splits[vid][split] = subset
     videos = _trimmed_entries(root, folders, classes, "the HMDB51 class folders", splits)
     missing = _missing_from_lists({v.video_id for v in videos}, named_in)
-    return _sorted_listing(classes, videos, [], missing)
+    return _sorted_listing(classes, videos, [], missing, origin)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -464,7 +474,9 @@ def list_kinetics(
                 raise VididiError(f"Kinetics clip {rel} is annotated twice with different label or subset")
             videos[entry.video_id] = entry
             taken[row.label] = taken.get(row.label, 0) + 1
-    return _sorted_listing(chosen, list(videos.values()), [], missing)
+    labels_in = {subset: {row.label for row in rows} for subset, rows in rows_by_subset.items()}
+    origin = {name: " and ".join(str(csvs[s]) for s in sorted(csvs) if name in labels_in[s]) for name in chosen}
+    return _sorted_listing(chosen, list(videos.values()), [], missing, origin)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -610,7 +622,7 @@ def list_folder(
             if absent:
                 raise VididiError(f"split files not found: {absent}")
     beside_lists = [f.parent / "classInd.txt" for f in files if (f.parent / "classInd.txt").is_file()]
-    classes, class_source = _class_list(folders, (beside_lists or [root / "classInd.txt"])[0])
+    classes, class_source, origin = _class_list(folders, (beside_lists or [root / "classInd.txt"])[0])
     if files:
         splits, named_in = _read_ucf_split_lists(files, classes, class_source)
         videos = _trimmed_entries(root, folders, classes, class_source, splits)
@@ -628,7 +640,7 @@ def list_folder(
                 n_train = min(max(n_train, 1), len(order) - 1)
             for i, e in enumerate(order):
                 videos.append(VideoEntry(e.video_id, e.path, label, {"1": TRAIN if i < n_train else TEST}))
-    return _sorted_listing(classes, videos, [], missing)
+    return _sorted_listing(classes, videos, [], missing, origin)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -34,12 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import h5py
 import numpy as np
 
 from ..config import SYNTHETIC_NEW_DEFAULTS, without_new_defaults
 from ..layout import OBJECTS_FILE
-from ..utils import VididiError, atomic_path, progress, write_text
+from ..utils import VididiError, atomic_hdf5, progress, write_text
 from .ffmpeg import encode_h264
 
 # --------------------------------------------------------------------------------------------------
@@ -455,7 +454,7 @@ def generate(root: str | Path, cfg: dict, seed: int, workers: int = 1) -> None:
     lists: dict[str, list[str]] = {"trainlist01": [], "testlist01": [], "trainlist02": [], "testlist02": []}
     annotations: dict[tuple[str, str], list[str]] = {}
     with ProcessPoolExecutor(max(1, workers), initializer=_init_worker, initargs=(str(root), cfg, seed)) as pool, \
-            atomic_path(root / OBJECTS_FILE) as tmp_objects, h5py.File(tmp_objects, "w", track_order=True) as objects:
+            atomic_hdf5(root / OBJECTS_FILE, track_order=True) as objects:
         objects.attrs["fps"] = cfg["fps"]
         results = pool.map(_make_video, jobs, chunksize=4)
         for job, (video_id, masks, info) in progress(zip(jobs, results), total=len(jobs), desc="synthetic videos", unit="video"):

@@ -36,7 +36,7 @@ from ..evaluation import inputs
 from ..evaluation.analysis import attention_share, feature_norm_target, grad_cam, probe_logit_targets, silhouette, top_classes
 from ..evaluation.probe import fit_probe
 from ..ssl.encoder import prepare_encoder, resolve_device
-from ..utils import VididiError, atomic_path, progress, write_metrics
+from ..utils import VididiError, atomic_hdf5, progress, write_metrics
 
 MASK_DILATION = 1
 
@@ -106,7 +106,7 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
             figure["cams"].append(cam.numpy())
             figure["masks"].append(masks.numpy() if masks is not None else np.zeros(cam.shape, bool))
     reader.close()
-    with atomic_path(layout.attention_file(config, run, eval_dataset)) as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_hdf5(layout.attention_file(config, run, eval_dataset)) as h5:
         h5["video_ids"] = np.asarray(figure["video_ids"], dtype=h5py.string_dtype())
         for key in ("clips", "cams", "masks"):
             h5[key] = np.stack(figure[key])

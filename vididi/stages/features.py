@@ -32,7 +32,7 @@ from ..data.loader import EvalClips, WindowClips, loader
 from ..data.shards import DatasetIndex
 from ..evaluation.inputs import features_settings, require_current_run
 from ..ssl.encoder import prepare_encoder, resolve_device
-from ..utils import VididiError, atomic_path, get_logger, progress
+from ..utils import VididiError, atomic_hdf5, get_logger, progress
 
 log = get_logger()
 
@@ -46,7 +46,7 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     clips_cfg = config["datasets"][eval_dataset]["clips"]
     ev = config["evaluation"]
     out = layout.features_file(config, run, eval_dataset)
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_hdf5(out) as h5:
         h5.attrs.update(
             run=run.name, eval_dataset=eval_dataset, classes=json.dumps(index.classes),
             run_hash=run_hash, settings_hash=cfgmod.settings_hash(features_settings(config, eval_dataset)),

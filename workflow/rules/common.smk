@@ -1,5 +1,6 @@
 # Shared set-up: validate the config (one code path with the `vididi` CLI), expand runs; every path
 # comes from vididi/layout.py and every list of names from vididi/names.py.
+import importlib.util
 import json
 import os
 import shlex
@@ -18,8 +19,19 @@ from vididi import layout as L
 from vididi import names
 from vididi.utils import IMAGE_VENV, image_pins_mismatch, write_text
 
+# config.yaml of the working directory, under what Snakemake merged from --configfile and --config
+# (as the `configfile:` directive would, whose errors name neither the file nor the line).
+WORKFLOW_CONFIG = "config.yaml"
 try:
-    _resolved = vc.resolve(config)
+    _base = {}
+    if not workflow.config_settings.replace_workflow_config and (
+        Path(WORKFLOW_CONFIG).is_file() or not workflow.config_settings.configfiles
+    ):
+        if not Path(WORKFLOW_CONFIG).is_file():
+            sys.exit(f"vididi: no {WORKFLOW_CONFIG} in {Path.cwd()}: run from the repository root, or name a config with --configfile")
+        _base = vc.read_config_file(WORKFLOW_CONFIG)
+        workflow.configfiles.append(WORKFLOW_CONFIG)  # as the directive does (run metadata)
+    _resolved = vc.resolve(vc.deep_update(_base, config))
 except vc.ConfigError as error:
     sys.exit(f"vididi: {error}")
 config.clear()
@@ -223,3 +235,18 @@ FIGURE_CAPTIONS = {
     "curves": "Training loss and its terms per framework; baseline dashed, ViDiDi solid.",
     "bars": "Retrieval R@1, linear-probe top-1 and detection mAP@0.5 on the test split, baseline vs ViDiDi.",
 }
+
+
+# The planning environment of a login node (make plan-env) has no torch: it plans (-n) and submits, and
+# the jobs run in the image or a conda env. Started as the environment of the jobs themselves, it
+# stops before the first job, in one line, instead of failing every job with an ImportError.
+def _jobs_can_run_here():
+    methods = workflow.deployment_settings.deployment_method
+    if IN_IMAGE or DeploymentMethod.CONDA in methods or importlib.util.find_spec("torch") is not None:
+        return
+    sys.exit(f"vididi: {sys.executable} has no torch (a planning environment, make plan-env): run the jobs in "
+             "the image (--use-singularity) or a conda env (--use-conda), or use the full environment (make install)")
+
+
+onstart:
+    _jobs_can_run_here()

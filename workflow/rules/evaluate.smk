@@ -39,6 +39,9 @@ rule metric:
         L.run_benchmark(config, RUN, "{stage}-{eval_dataset}")
     wildcard_constraints:
         stage=names.pattern(names.METRIC_STAGES),
+    # a run's metric jobs are small: on a cluster they go as one job (group-components in the SLURM profiles)
+    group:
+        "metrics-{dataset}-{run}"
     params:
         settings=eval_hash,
     shell:
