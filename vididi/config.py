@@ -381,7 +381,7 @@ def data_owner(config: dict, dataset: str) -> str:
     return next(name for name in datasets if key(name) == own)
 
 
-NOT_WEIGHTS = ("log_every", "checkpoint_every", "num_workers", "gpus", "nodes", "compile", "fused_optimizer")
+NOT_WEIGHTS = ("log_every", "checkpoint_every", "num_workers", "gpus", "nodes", "compile", "fused_optimizer", "augment_on")
 
 
 def pretrain_settings(config: dict, run: Run) -> dict:
@@ -391,7 +391,8 @@ def pretrain_settings(config: dict, run: Run) -> dict:
         "data": {**data_settings(config, run.dataset), "split": config["datasets"][run.dataset]["split"]},
         "clips": config["datasets"][run.dataset]["clips"],
         # how often to log / checkpoint, workers, GPU and node counts do not change the weights; nor
-        # (beyond rounding, like `device`) do compiling and the fused optimiser kernel
+        # (beyond rounding, like `device`) do compiling, the fused optimiser kernel and where the
+        # clips are augmented
         "pretrain": {k: v for k, v in config["pretrain"].items() if k not in NOT_WEIGHTS},
         "augment": config["augment"],
         "backbone": {"name": run.backbone, **config["backbones"].get(run.backbone, {})},
