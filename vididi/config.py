@@ -337,12 +337,14 @@ BYOL_NEW_DEFAULTS = {"tau_final": 1.0}
 EVALUATION_LEGACY = {"target_encoder": False}
 DETECTION_LEGACY = {"c_selection": "windows"}
 ANALYSIS_LEGACY = {"cam_target": "feature_norm"}
+PROBE_NEW_DEFAULTS = {"solver": "sklearn"}  # since 0.3: the torch probe for large feature sets
 
 
 def evaluation_settings(config: dict) -> dict:
     """What evaluation outputs depend on in `evaluation` (issue-13 keys at their legacy values left out)."""
     ev = without_new_defaults(config["evaluation"], EVALUATION_LEGACY)
-    return {**ev, "detection": without_new_defaults(ev["detection"], DETECTION_LEGACY)}
+    return {**ev, "probe": without_new_defaults(ev["probe"], PROBE_NEW_DEFAULTS),
+            "detection": without_new_defaults(ev["detection"], DETECTION_LEGACY)}
 
 
 def analysis_settings(config: dict) -> list:

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..utils import VididiError
 from .augment import ClipAugment, centre_crop, draw_clip
-from .device_augment import collate_stored
 from .clips import clip_frame_numbers, clip_span, uniform_starts, window_starts
+from .device_augment import collate_stored
 from .shards import DatasetIndex, FrameReader
 
 

@@ -32,6 +32,7 @@ from .. import layout
 from ..data.augment import centre_crop
 from ..data.clips import figure_videos, middle_clip_frames
 from ..data.shards import DatasetIndex, FrameReader
+from ..evaluation import inputs
 from ..evaluation.analysis import attention_share, feature_norm_target, grad_cam, probe_logit_targets, silhouette, top_classes
 from ..evaluation.probe import fit_probe
 from ..ssl.encoder import prepare_encoder, resolve_device
@@ -63,7 +64,8 @@ def cam_targets(config: dict, run: cfgmod.Run, features: dict):
     if train is None:
         raise VididiError("analysis.cam_target probe_logit needs train features to fit the probe")
     pcfg = config["evaluation"]["probe"]
-    model = fit_probe(train["features"], train["labels"], Cs=pcfg["Cs"], val_fraction=pcfg["val_fraction"], seed=run.seed)
+    model = fit_probe(train["features"], train["labels"], Cs=pcfg["Cs"], val_fraction=pcfg["val_fraction"], seed=run.seed,
+                      **inputs.probe_solver(config))  # fmt: skip
     return probe_logit_targets(model), {"cam_target": choice, "probe_C": model.C}
 
 
