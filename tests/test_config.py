@@ -297,3 +297,18 @@ def test_datasets_that_differ_only_in_split_share_their_data_folders(tmp_path):
     clips = {**config["datasets"]["sb0"]["clips"], "frames": 4}
     other = resolve({**config, "datasets": {**config["datasets"], "sb0_ooc": {**config["datasets"]["sb0_ooc"], "clips": clips}}})
     assert data_owner(other, "sb0_ooc") == "sb0_ooc"
+
+
+@pytest.mark.parametrize("layers", [["config.yaml"], ["config.yaml", "configs/paper-k400.yaml"],
+                                    ["config.yaml", "configs/paper-ucf101.yaml"], ["config.yaml", "configs/synthetic-full.yaml"],
+                                    ["config.yaml", "configs/scene-bias.yaml", "configs/bn-recalibration.yaml"]])  # fmt: skip
+def test_defaults_without_jsonschema_are_the_validators(layers, monkeypatch):
+    """A host without jsonschema (benchmarks/gpu_check.sh on a bare GPU machine) resolves every shipped
+    config to exactly what the validating path gives."""
+    import vididi.config as vc
+
+    repo = Path(__file__).resolve().parents[1]
+    paths = [repo / p for p in layers]
+    expected = vc.load_config(paths)
+    monkeypatch.setattr(vc, "jsonschema", None)
+    assert vc.load_config(paths) == expected
