@@ -134,6 +134,21 @@ def device_augment_ms(index, clips: dict, device: torch.device, batch: int, repe
     return 1e3 * float(np.median(times[1:]))
 
 
+def agreement(index, clips: dict, device: torch.device, batch: int) -> dict:
+    """The device path's clips (before the colour map) against the loader path's, same draws, one batch:
+    the largest difference and the share of values that differ, in grey levels (on the CPU at most 1,
+    tests/test_device_augment.py; on CUDA JPEG frames are decoded by nvJPEG instead of libjpeg-turbo)."""
+    from vididi.data.device_augment import DeviceAugment
+    from vididi.data.loader import StepBatches, TrainClips, loader
+
+    sampler = StepBatches(np.arange(len(index)), batch, seed=1, start_step=0, total_steps=1)
+    on_loader = next(iter(loader(TrainClips(index, clips, AUGMENT), 0, batch_sampler=sampler)))
+    on_device = next(iter(loader(TrainClips(index, clips, AUGMENT, on="device"), 0, batch_sampler=sampler)))
+    got, _ = DeviceAugment(clips["size"], device)(on_device[0], on_device[2])
+    diff = (got.cpu() - on_loader[0].float()).abs()
+    return {"max_grey_levels": float(diff.max()), "share_differing": float((diff > 0).float().mean())}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -162,16 +177,18 @@ def main(argv: list[str] | None = None) -> int:
             index = make_shard(Path(tmp) / enc, enc, args.videos, args.frames, height, width)
             rates = {on: samples_per_second(index, clips, on, device, args.workers, args.batch, args.batches)
                      for on in ("loader", "device")}  # fmt: skip
-            rows[enc] = {**{f"{on}_samples_per_s": r for on, r in rates.items()},
+            rows[enc] = {**{f"{on}_samples_per_s": r for on, r in rates.items()}, **agreement(index, clips, device, args.batch),
                          "device_augment_ms_per_batch": device_augment_ms(index, clips, device, args.batch, 3 if args.smoke else 10)}  # fmt: skip
     print(f"vididi data paths: {args.videos} videos of {args.frames} frames {width}x{height}; clips of "
           f"{clips['frames']}+2 frames at stride 2, {clips['size']}x{clips['size']}; batch {args.batch}, {args.workers} workers, "
           f"device {device}")  # fmt: skip
     print(f"machine: {machine()}; load average {os.getloadavg()}")
-    print(f"  {'storage':<8}{'loader path samples/s':>24}{'device path samples/s':>24}{'device/loader':>15}{'DeviceAugment ms/batch':>24}")
+    print(f"  {'storage':<8}{'loader path samples/s':>24}{'device path samples/s':>24}{'device/loader':>15}"
+          f"{'DeviceAugment ms/batch':>24}{'clips differ: max, share':>27}")  # fmt: skip
     for enc, r in rows.items():
         print(f"  {enc:<8}{r['loader_samples_per_s']:>24.1f}{r['device_samples_per_s']:>24.1f}"
-              f"{r['device_samples_per_s'] / r['loader_samples_per_s']:>14.2f}x{r['device_augment_ms_per_batch']:>24.2f}")  # fmt: skip
+              f"{r['device_samples_per_s'] / r['loader_samples_per_s']:>14.2f}x{r['device_augment_ms_per_batch']:>24.2f}"
+              f"{r['max_grey_levels']:>18.0f} grey, {100 * r['share_differing']:.1f}%")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

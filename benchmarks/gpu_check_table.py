@@ -58,6 +58,10 @@ def main(out: Path, device: str) -> str:
                 f"{r['loader_samples_per_s']:.0f} / {r['device_samples_per_s']:.0f} "
                 f"({r['device_samples_per_s'] / r['loader_samples_per_s']:.2f}x)")
             row("data", f"{enc} shards: device augmentation of one batch, ms of device time", f"{r['device_augment_ms_per_batch']:.1f}")
+            ok = r["max_grey_levels"] <= 1
+            row("data", f"{enc} shards: device path vs loader path clips, same draws",
+                f"max {r['max_grey_levels']:.0f} grey levels, {100 * r['share_differing']:.1f}% of values differ", "<= 1 grey level",
+                "PASS" if ok else "MISS" + (" (nvJPEG vs libjpeg-turbo)" if enc == "jpeg" else ""))
     row("data", "part", status(out, "data"))
 
     probe = load(out, "probe")
