@@ -11,6 +11,10 @@ moving textured objects, sensor noise; x264 crf 23 with its default GOP) extract
     files with one ffmpeg per clip (-ss to the clip start, 18*stride frames, scale, rgb24), with as
     many ffmpeg processes in parallel as loader workers (decode only, no augmentation: generous).
     Targets: >= 200 samples/s on 2 cores and >= 10x the per-clip decode.
+    Baseline from the same run: the loader as it was before 0.3 (`PreviousTrainClips`: JPEG frames
+    stacked as (n, 3, H, W), i.e. transposed once when decoded and back when cropped, and every clip
+    copied to a contiguous tensor before collation); the two loaders are timed alternately, best of
+    --loader-repeats. The per-clip costs of each step (read + decode, augment) are given for both.
 
     .venv/bin/python benchmarks/bench_data.py            # ~24 videos x 5 s; a few minutes on 2 cores
 """
@@ -169,10 +173,30 @@ def extraction_seconds(config: dict) -> float:
 # (b) loader vs per-clip ffmpeg
 
 
-def loader_samples_per_second(index: DatasetIndex, augment: dict, workers: int, batch: int, batches: int) -> float:
+class PreviousTrainClips(TrainClips):
+    """The training loader before 0.3, kept as the same-run baseline: frames read as contiguous
+    (n, 3, H, W) (JPEG: a transposing copy of the decoder's (H, W, 3) output, undone by the crop's
+    channels-last copy) and each augmented clip made contiguous before collation (a second copy).
+    Its clips are bit-identical to TrainClips'."""
+
+    def __getitem__(self, item):
+        video, key = item
+        rng = np.random.default_rng(key)
+        n = int(self.index.n_frames[video])
+        clips, colours = [], []
+        for _ in range(2):
+            frames = clip_frame_numbers(n, self.length, self.stride, rng=rng)
+            clip, colour = self.augment(self.reader.read(video, frames), rng)
+            clips.append(clip.contiguous())
+            colours.append(torch.from_numpy(colour))
+        return clips[0], clips[1], colours[0], colours[1], int(self.index.label[video])
+
+
+def loader_samples_per_second(index: DatasetIndex, augment: dict, workers: int, batch: int, batches: int,
+                              dataset=TrainClips) -> float:  # fmt: skip
     """Steady-state samples/s: the first two batches (worker start-up, first reads) are not timed."""
     torch.set_num_threads(1)
-    data = TrainClips(index, CLIP, augment)
+    data = dataset(index, CLIP, augment)
     sampler = StepBatches(np.arange(len(index)), batch_size=batch, seed=0, start_step=0, total_steps=batches + 2)
     it = iter(loader(data, num_workers=workers, batch_sampler=sampler))
     for _ in range(2):
@@ -185,21 +209,28 @@ def loader_samples_per_second(index: DatasetIndex, augment: dict, workers: int, 
     return count / (time.perf_counter() - start)
 
 
-def clip_costs_ms(index: DatasetIndex, augment: dict, clips: int = 40) -> tuple[float, float]:
-    """One process, one thread: milliseconds per clip to read its frames from the shard and to augment it."""
+def clip_costs_ms(index: DatasetIndex, augment: dict, clips: int = 40) -> dict[str, float]:
+    """One process, one thread: milliseconds per clip of each step, now and before 0.3: reading +
+    decoding its frames (channels-last now, (n, 3, H, W) before), and augmenting it (before: from the
+    (n, 3, H, W) frames, plus the contiguous copy of the result)."""
     torch.set_num_threads(1)
     reader, augmenter = FrameReader(index), ClipAugment(augment, CLIP["size"])
     rng = np.random.default_rng(2)
     videos = rng.integers(0, len(index), clips)
     frames = [clip_frame_numbers(int(index.n_frames[v]), CLIP["frames"] + 2, CLIP["stride"], rng=rng) for v in videos]
-    start = time.perf_counter()
-    read = [reader.read(int(v), f) for v, f in zip(videos, frames)]
-    read_ms = (time.perf_counter() - start) / clips * 1e3
-    start = time.perf_counter()
-    for clip in read:
-        augmenter(clip, rng)
+    out = {}
+    for name, channels_last in (("read", True), ("read before", False)):
+        start = time.perf_counter()
+        read = [reader.read(int(v), f, channels_last=channels_last) for v, f in zip(videos, frames)]
+        out[name] = (time.perf_counter() - start) / clips * 1e3
+        start = time.perf_counter()
+        for clip in read:
+            x, _ = augmenter(clip, rng)
+            if not channels_last:
+                x.contiguous()
+        out["augment" if channels_last else "augment before"] = (time.perf_counter() - start) / clips * 1e3
     reader.close()
-    return read_ms, (time.perf_counter() - start) / clips * 1e3
+    return out
 
 
 def decode_clip(file: Path, start_frame: int, fps: float, short_side: int, height: int, width: int) -> np.ndarray:
@@ -273,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="loader workers = parallel ffmpegs in the baseline")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--batches", type=int, default=12, help="timed loader batches")
+    parser.add_argument("--loader-repeats", type=int, default=2, help="loader timings: best of this many, alternating")
     parser.add_argument("--clip-samples", type=int, default=24, help="samples decoded clip by clip with ffmpeg")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder, removed at the end")
     args = parser.parse_args(argv)
@@ -304,8 +336,15 @@ def main(argv: list[str] | None = None) -> int:
 
         source_bytes = folder_bytes(files)
         augment = configs["jpeg"]["augment"]
-        loader_rate = {enc: loader_samples_per_second(indices[enc], augment, args.workers, args.batch, args.batches)
-                       for enc in ("jpeg", "raw")}  # fmt: skip
+        loader_rate, before_rate = {}, {}
+        for enc in ("jpeg", "raw"):  # now and before, alternating, so a busy moment hits both
+            runs = {"now": [], "before": []}
+            for r in range(args.loader_repeats):
+                for which in (("now", "before") if r % 2 == 0 else ("before", "now")):
+                    dataset = TrainClips if which == "now" else PreviousTrainClips
+                    runs[which].append(loader_samples_per_second(indices[enc], augment, args.workers, args.batch,
+                                                                 args.batches, dataset))  # fmt: skip
+            loader_rate[enc], before_rate[enc] = max(runs["now"]), max(runs["before"])
         by_id = {f.relative_to(root).with_suffix("").as_posix(): f for f in files}
         costs = {enc: clip_costs_ms(indices[enc], augment) for enc in ("jpeg", "raw")}
         clip_rate = per_clip_samples_per_second(indices["jpeg"], by_id, args.clip_samples, args.workers, args.short_side)
@@ -345,10 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     for enc in ("jpeg", "raw"):
         rate, ratio = loader_rate[enc], loader_rate[enc] / clip_rate
         ok = rate >= 200 and ratio >= 10
-        lines.append(f"  {f'loader, {enc} shards':<46}{rate:>10.1f}{ratio:>9.1f}x{'>= 200/s, >= 10x':>18}{verdict(ok):>8}")
+        before = before_rate[enc]
+        lines.append(f"  {f'loader before 0.3, {enc} shards (baseline)':<46}{before:>10.1f}{before / clip_rate:>9.1f}x")
+        lines.append(f"  {f'loader, {enc} shards':<46}{rate:>10.1f}{ratio:>9.1f}x{'>= 200/s, >= 10x':>18}{verdict(ok):>8}"
+                     f"   ({rate / before:.2f}x the loader before 0.3)")  # fmt: skip
     lines += [
-        "  cost per clip in one process (1 thread): "
-        + "; ".join(f"{enc}: read {costs[enc][0]:.1f} ms + augment {costs[enc][1]:.1f} ms" for enc in costs)
+        "  cost per clip in one process (1 thread), now (before 0.3): "
+        + "; ".join(f"{enc}: read+decode {c['read']:.2f} ({c['read before']:.2f}) ms, augment {c['augment']:.2f} "
+                    f"({c['augment before']:.2f}) ms" for enc, c in costs.items())
         + "; 200 samples/s on 2 cores leaves 1000 ms * 2 cores / (200 * 2 clips) = 5 ms per clip",
         "  (the .mp4 files have x264's default GOP, one keyframe per video here: each -ss decodes from frame 0)",
     ]

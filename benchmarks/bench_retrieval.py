@@ -32,7 +32,9 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a source tree on a bare GPU host
 DIMS, CLASSES = 512, 400
 # The unblocked baseline's peak: per similarity entry a float64 block, its float64 masked copy, an
 # int64 index block and a few bool blocks (~28 bytes), plus two float64 copies of the whole gallery
@@ -46,7 +48,7 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def child(size: int, queries: int, mode: str, chunk: int, threads: int) -> dict:
+def child(size: int, queries: int, mode: str, chunk: int, threads: int, device: str = "cpu") -> dict:
     import numpy as np
     import torch
 
@@ -64,13 +66,18 @@ def child(size: int, queries: int, mode: str, chunk: int, threads: int) -> dict:
         for lo in range(0, x.shape[0], 65536):  # in blocks: no input-sized temporary in the peak
             x[lo : lo + 65536].add_(centres[labels[lo : lo + 65536]], alpha=0.1)
     del centres
+    if device != "cpu":  # the stage's device path: features handed over on the device, blocks computed there
+        gallery, query = gallery.to(device), query.to(device)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     base = rss_bytes()
     tile = size if mode == "unblocked" else None
     t0 = time.perf_counter()
-    ranks = first_hit_ranks(query, query_labels, gallery, gallery_labels, chunk_size=chunk, gallery_chunk_size=tile)
+    ranks = first_hit_ranks(query, query_labels, gallery, gallery_labels, chunk_size=chunk, gallery_chunk_size=tile, device=device)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {
+    extra = {"device_peak_bytes": torch.cuda.max_memory_allocated()} if device != "cpu" else {}
+    return {**extra,
         "seconds": seconds,
         "extra_bytes": max(0, peak - base),
         "input_bytes": (gallery.numel() + query.numel()) * 4,
@@ -108,7 +115,7 @@ def available_bytes() -> int:
 
 def run_child(args, size: int, mode: str) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--sizes", str(size), "--queries", str(args.queries),
-           "--chunk", str(args.chunk), "--threads", str(args.threads)]  # fmt: skip
+           "--chunk", str(args.chunk), "--threads", str(args.threads), "--device", args.device]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -131,6 +138,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="fresh processes per mode and size; best time")
     parser.add_argument("--probe", help="linear-probe sizes instead of retrieval, e.g. 10000,40000")
     parser.add_argument("--probe-iters", type=int, default=10)
+    parser.add_argument("--device", default="cpu", help="where the similarity blocks are computed (cpu, cuda)")
+    parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--child", choices=["tiled", "unblocked", "probe"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -138,7 +147,7 @@ def main() -> None:
         print(json.dumps(probe_child(sizes[0], args.probe_iters)))
         return
     if args.child:
-        print(json.dumps(child(sizes[0], args.queries, args.child, args.chunk, args.threads)))
+        print(json.dumps(child(sizes[0], args.queries, args.child, args.chunk, args.threads, args.device)))
         return
     if args.probe:
         print(f"# linear probe (lbfgs, {CLASSES} classes, {DIMS}-d, {args.probe_iters} iterations)  "
@@ -156,16 +165,17 @@ def main() -> None:
 
     from vididi.evaluation.retrieval import BLOCK_ENTRIES
 
-    print(f"# bench_retrieval  queries={args.queries}  repeats={args.repeats} (best)  dims={DIMS}  classes={CLASSES}  threads={args.threads}  "
+    print(f"# bench_retrieval  device={args.device}  queries={args.queries}  repeats={args.repeats} (best)  dims={DIMS}  classes={CLASSES}  threads={args.threads}  "
           f"query chunk={args.chunk}  tile={max(1, BLOCK_ENTRIES // args.chunk)}")  # fmt: skip
     print(f"# load average before: {os.getloadavg()}  cores: {os.cpu_count()}  "
           f"MemAvailable: {available_bytes() / 2**30:.1f} GiB")  # fmt: skip
     print(f"{'gallery':>9} {'inputs':>9} | {'tiled s':>8} {'ms/query':>8} {'peak+':>9} | "
           f"{'unblocked s':>11} {'ms/query':>8} {'peak+':>9} | same ranks")  # fmt: skip
+    rows = []
     for size in sizes:
         predicted = UNBLOCKED_BYTES_PER_ENTRY * min(args.chunk, args.queries) * size + UNBLOCKED_BYTES_PER_FEATURE * size * DIMS
         inputs = (size + args.queries) * DIMS * 4
-        fits = predicted + inputs < 0.7 * available_bytes()
+        fits = predicted + inputs < 0.7 * available_bytes() and args.device == "cpu"  # the baseline is the CPU's
         best = best_of(args, size, ["tiled", "unblocked"] if fits else ["tiled"])
         tiled = best["tiled"]
         if fits:
@@ -178,8 +188,12 @@ def main() -> None:
             same = "(baseline would not fit)"
         print(f"{size:>9} {tiled['input_bytes'] / 2**20:>7.0f}Mi | {tiled['seconds']:>8.2f} "
               f"{1e3 * tiled['seconds'] / args.queries:>8.2f} {tiled['extra_bytes'] / 2**20:>7.0f}Mi | "
-              f"{base_cols} | {same}   R@1={tiled['recall1']:.3f}", flush=True)  # fmt: skip
+              f"{base_cols} | {same}   R@1={tiled['recall1']:.3f}"
+              + (f"   device peak {tiled['device_peak_bytes'] / 2**20:.0f}Mi" if "device_peak_bytes" in tiled else ""), flush=True)  # fmt: skip
+        rows.append({"gallery": size, "queries": args.queries, "tiled": tiled, **({"unblocked": best["unblocked"]} if fits else {})})
     print(f"# load average after: {os.getloadavg()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import sys
@@ -56,6 +57,7 @@ from vididi.ssl.schedule import BalancedSchedule  # noqa: E402
 from vididi.ssl.trainer import StepInput, Trainer, build_model, compile_model, lr_factor, make_optimizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # runs from a source tree too (a bare GPU host: no installed package)
 OVERHEAD_TARGET = 0.05  # trainer step <= 1.05 x bare step
 VIEWS_TARGET = 0.02  # derivatives + schedule <= 2% of the trainer step
 
@@ -76,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="timed iterations of each loop")
     p.add_argument("--repeats", type=int, default=20, help="repetitions of each views/derivative timing")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled bare loop and trainer")
+    p.add_argument("--json", type=Path, help="also write clips/s of each loop here (benchmarks/gpu_check.sh)")
     return p.parse_args(argv)
 
 
@@ -309,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  first step (includes compiling): bare {first['bare']:.2f} s, trainer {first['trainer']:.2f} s, "
               f"bare compiled {first['bare compiled']:.2f} s, trainer compiled {first['trainer compiled']:.2f} s")  # fmt: skip
     print(f"  load average: {os.getloadavg()}")
+    if args.json:
+        clips = 2 * s["batch"]  # two views per video
+        rates = {name: clips / statistics.median(v) for name, v in loop_times.items()}
+        args.json.write_text(json.dumps({"clips_per_s": rates, "first_step_s": first, "device": where,
+                                         "batch": s["batch"], "backbone": args.backbone}, indent=1))  # fmt: skip
     return 0
 
 

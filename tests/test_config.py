@@ -335,3 +335,18 @@ def test_what_stays_an_error_is_one_line(config, message):
     with pytest.raises(ConfigError) as info:
         resolve(config)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize("layers", [["config.yaml"], ["config.yaml", "configs/paper-k400.yaml"],
+                                    ["config.yaml", "configs/paper-ucf101.yaml"], ["config.yaml", "configs/synthetic-full.yaml"],
+                                    ["config.yaml", "configs/scene-bias.yaml", "configs/bn-recalibration.yaml"]])  # fmt: skip
+def test_defaults_without_jsonschema_are_the_validators(layers, monkeypatch):
+    """A host without jsonschema (benchmarks/gpu_check.sh on a bare GPU machine) resolves every shipped
+    config to exactly what the validating path gives."""
+    import vididi.config as vc
+
+    repo = Path(__file__).resolve().parents[1]
+    paths = [repo / p for p in layers]
+    expected = vc.load_config(paths)
+    monkeypatch.setattr(vc, "jsonschema", None)
+    assert vc.load_config(paths) == expected

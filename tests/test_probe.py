@@ -188,3 +188,52 @@ def test_bad_inputs_raise_clear_errors(kwargs, message):
     args.update(kwargs)
     with pytest.raises(VididiError, match=message):
         linear_probe(**args)
+
+
+# --------------------------------------------------------------------------------------------------
+# The torch solver (evaluation.probe.solver: torch) against scikit-learn, the reference
+
+
+def overlapping_clusters(rng, centres: np.ndarray, n: int, separation: float):
+    """Gaussian class clusters around `centres` that overlap: the Bayes accuracy is well below 1, so the
+    probe's answer depends on the fitted boundary, not just on separability."""
+    labels = rng.integers(0, len(centres), n)
+    return rng.normal(size=(n, centres.shape[1])) + separation * centres[labels], labels
+
+
+@pytest.mark.parametrize("n_classes,separation", [(8, 0.6), (2, 0.4), (20, 0.35)])
+def test_torch_probe_agrees_with_sklearn(n_classes, separation):
+    """The probe-agreement test: same split, scaler, C grid and rule; top-1 within 1 point of
+    scikit-learn's (both minimise the same strictly convex objective and stop at the same gradient
+    tolerance, so they differ only by where each stops), the same C chosen."""
+    rng = np.random.default_rng(n_classes)
+    centres = rng.normal(size=(n_classes, 32))
+    x, y = overlapping_clusters(rng, centres, 60 * n_classes, separation)
+    tx, ty = overlapping_clusters(rng, centres, 30 * n_classes, separation)
+    reference = linear_probe(x, y, tx, ty, Cs=(1e-3, 1e-2, 1e-1, 1.0), seed=0)
+    torch_probe = linear_probe(x, y, tx, ty, Cs=(1e-3, 1e-2, 1e-1, 1.0), seed=0, solver="torch", device="cpu")
+    assert 0.3 < reference["top1"] < 0.99  # a case with a real answer
+    assert abs(torch_probe["top1"] - reference["top1"]) <= 0.01
+    assert abs(torch_probe["top5"] - reference["top5"]) <= 0.01
+    assert torch_probe["C"] == reference["C"] and torch_probe["final_fit_converged"]
+
+
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_torch_solver_reaches_sklearns_optimum(n_classes):
+    """At a well-conditioned C both solvers find the unique minimiser: the same coefficients (2 classes:
+    scikit-learn's binary layout, through the C / 2 equivalence), to the stopping tolerance."""
+    rng = np.random.default_rng(3)
+    x, y = overlapping_clusters(rng, rng.normal(size=(n_classes, 10)), 200, 0.8)
+    x = StandardScaler().fit_transform(x)
+    reference = LogisticRegression(C=0.05, solver="lbfgs", max_iter=1000, tol=1e-8).fit(x, y)
+    fitted = probe.TorchLogisticRegression(C=0.05, tol=1e-8, device="cpu").fit(x, y)
+    assert fitted.coef_.shape == reference.coef_.shape and fitted.converged
+    np.testing.assert_allclose(fitted.coef_, reference.coef_, atol=1e-4)
+    np.testing.assert_array_equal(fitted.predict(x), reference.predict(x))
+    np.testing.assert_allclose(fitted.predict_proba(x), reference.predict_proba(x), atol=1e-4)
+
+
+def test_unknown_solver_is_a_clear_error():
+    x, y = separable_data(np.random.default_rng(0), 5)
+    with pytest.raises(VididiError, match="unknown probe solver"):
+        linear_probe(x, y, x, y, Cs=SMALL_CS, solver="cuml")

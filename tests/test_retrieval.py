@@ -265,3 +265,28 @@ def test_gallery_tiling_reproduces_the_unblocked_implementation(seed):
 def test_bad_gallery_chunk_size_raises():
     with pytest.raises(VididiError, match="gallery_chunk_size"):
         first_hit_ranks(np.ones((2, 2)), [0, 1], np.ones((3, 2)), [0, 1, 1], gallery_chunk_size=0)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_device_path_gives_the_same_ranks_on_ties(seed, device):
+    """The retrieval stage's device path (`device=` the configured device, features handed over as
+    float32 tensors already on it) ranks exactly as the numpy path on tie-heavy inputs (one-hot
+    cosines are exact in float64 on any device), tiled or not."""
+    query, query_labels, gallery, gallery_labels = tie_heavy_case(seed)
+    expected = unblocked_first_hit_ranks(query, query_labels, gallery, gallery_labels)
+    q = torch.as_tensor(query, dtype=torch.float32, device=device)
+    g = torch.as_tensor(gallery, dtype=torch.float32, device=device)
+    for gallery_chunk_size in (None, 10):
+        ranks = first_hit_ranks(q, query_labels, g, gallery_labels, chunk_size=7, device=device,
+                                gallery_chunk_size=gallery_chunk_size)  # fmt: skip
+        # one-hot queries: every cosine exact (0 or 1) whatever the input precision, so the ranks of the
+        # float64 reference, ties included
+        onehot_queries = np.count_nonzero(query, axis=1) <= 1
+        assert onehot_queries.sum() >= 5
+        np.testing.assert_array_equal(ranks[onehot_queries], expected[onehot_queries])
+        np.testing.assert_array_equal(ranks, first_hit_ranks(query.astype(np.float32), query_labels, gallery.astype(np.float32),
+                                                             gallery_labels, chunk_size=7, gallery_chunk_size=gallery_chunk_size))  # fmt: skip

@@ -1,7 +1,9 @@
 """Configuration: load YAML, fill defaults and validate against the JSON schema, expand runs.
 
 One code path for the Snakefile and the CLI. It imports only PyYAML and jsonschema (both come
-with Snakemake), so the Snakefile can use it on a host that has Snakemake but not torch.
+with Snakemake), so the Snakefile can use it on a host that has Snakemake but not torch. Without
+jsonschema (a bare GPU host running benchmarks/gpu_check.sh) `resolve` fills in the schema's
+defaults the same way and checks the cross references, but validates nothing else.
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import jsonschema
 import yaml
+
+try:
+    import jsonschema
+except ImportError:  # see the module docstring: defaults only, no validation
+    jsonschema = None
 
 from .names import BACKBONES, COMPARISON_FIGURES, FIGURES
 from .utils import VididiError, config_hash
@@ -91,6 +97,10 @@ def resolve(config: dict) -> dict:
     variants = config.get("variants", {})
     if isinstance(variants, dict):  # configured variants add to base / vididi (or retune them)
         config["variants"] = deep_update(BUILTIN_VARIANTS, variants)
+    if jsonschema is None:
+        fill_defaults(config, schema())
+        _check_references(config)
+        return config
     validator = _validator()
     errors = _coerce_strings(validator, config)
     if errors:
@@ -210,6 +220,27 @@ def _validator() -> jsonschema.protocols.Validator:
 
     cls = jsonschema.validators.extend(base, {"properties": properties_with_defaults})
     return cls(schema())
+
+
+def fill_defaults(instance, subschema: dict) -> None:
+    """Insert the schema's defaults into `instance` in place, as the validator of `_validator` does
+    (a default inserted is filled in turn); the jsonschema-free path of `resolve`."""
+    if "$ref" in subschema:
+        subschema = {**_resolve_ref(subschema["$ref"]), **{k: v for k, v in subschema.items() if k != "$ref"}}
+    if isinstance(instance, dict):
+        properties = subschema.get("properties", {})
+        for key, prop in properties.items():
+            if isinstance(prop, dict) and "default" in prop and key not in instance:
+                instance[key] = copy.deepcopy(prop["default"])
+        extra = subschema.get("additionalProperties")
+        for key, value in instance.items():
+            if key in properties:
+                fill_defaults(value, properties[key])
+            elif isinstance(extra, dict):
+                fill_defaults(value, extra)
+    elif isinstance(instance, list) and isinstance(subschema.get("items"), dict):
+        for item in instance:
+            fill_defaults(item, subschema["items"])
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
@@ -423,12 +454,14 @@ BYOL_NEW_DEFAULTS = {"tau_final": 1.0}
 EVALUATION_LEGACY = {"target_encoder": False}
 DETECTION_LEGACY = {"c_selection": "windows"}
 ANALYSIS_LEGACY = {"cam_target": "feature_norm"}
+PROBE_NEW_DEFAULTS = {"solver": "sklearn"}  # since 0.3: the torch probe for large feature sets
 
 
 def evaluation_settings(config: dict) -> dict:
     """What evaluation outputs depend on in `evaluation` (issue-13 keys at their legacy values left out)."""
     ev = without_new_defaults(config["evaluation"], EVALUATION_LEGACY)
-    return {**ev, "detection": without_new_defaults(ev["detection"], DETECTION_LEGACY)}
+    return {**ev, "probe": without_new_defaults(ev["probe"], PROBE_NEW_DEFAULTS),
+            "detection": without_new_defaults(ev["detection"], DETECTION_LEGACY)}
 
 
 def analysis_settings(config: dict) -> list:
@@ -485,7 +518,7 @@ def data_owner(config: dict, dataset: str) -> str:
     return next(name for name in datasets if key(name) == own)
 
 
-NOT_WEIGHTS = ("log_every", "checkpoint_every", "num_workers", "gpus", "nodes", "compile", "fused_optimizer")
+NOT_WEIGHTS = ("log_every", "checkpoint_every", "num_workers", "gpus", "nodes", "compile", "fused_optimizer", "augment_on")
 
 
 def pretrain_settings(config: dict, run: Run) -> dict:
@@ -495,7 +528,8 @@ def pretrain_settings(config: dict, run: Run) -> dict:
         "data": {**data_settings(config, run.dataset), "split": config["datasets"][run.dataset]["split"]},
         "clips": config["datasets"][run.dataset]["clips"],
         # how often to log / checkpoint, workers, GPU and node counts do not change the weights; nor
-        # (beyond rounding, like `device`) do compiling and the fused optimiser kernel
+        # (beyond rounding, like `device`) do compiling, the fused optimiser kernel and where the
+        # clips are augmented
         "pretrain": {k: v for k, v in config["pretrain"].items() if k not in NOT_WEIGHTS},
         "augment": config["augment"],
         "backbone": {"name": run.backbone, **config["backbones"].get(run.backbone, {})},

@@ -13,6 +13,7 @@ Contrast blends towards the mean grey level of the whole clip, so every frame ge
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,35 +45,119 @@ def random_resized_crop_box(h: int, w: int, scale, ratio, rng: np.random.Generat
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
+def draw_colour_jitter(rng: np.random.Generator, brightness: float, contrast: float, saturation: float,
+                       hue: float) -> list[tuple[int, float]]:  # fmt: skip
+    """The random part of the colour jitter, in the order it is applied: (op, value) pairs, op 0-3 =
+    brightness, contrast, saturation, hue; value = the factor (hue: the rotation angle in radians).
+    Factors are drawn like torchvision's ColorJitter (uniform in [1-s, 1+s], hue in [-h, h]); an op of
+    strength 0 draws nothing and is left out."""
+    strengths = (brightness, contrast, saturation, hue)
+    steps = []
+    for op in rng.permutation(4):
+        s = strengths[op]
+        if s <= 0:
+            continue
+        if op == 3:
+            steps.append((3, 2 * math.pi * rng.uniform(-s, s)))
+        else:
+            steps.append((int(op), rng.uniform(max(0.0, 1 - s), 1 + s)))
+    return steps
+
+
+def _colour_step(op: int, value: float) -> tuple[np.ndarray, np.ndarray]:
+    """(step_M, step_t) of one jitter op; contrast's offset is filled in by the caller (it needs the mean)."""
+    if op == 0:
+        return value * np.eye(3), np.zeros(3)
+    if op == 1:
+        return value * np.eye(3), np.zeros(3)
+    if op == 2:
+        return value * np.eye(3) + (1 - value) * np.outer(np.ones(3), LUMA), np.zeros(3)
+    c, s = math.cos(value), math.sin(value)
+    rotation = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    return _YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ, np.zeros(3)
+
+
+def compose_colour_jitter(steps: list[tuple[int, float]], mean_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(M, t) such that jittered = M @ rgb + t for the drawn `steps`; contrast blends towards the mean
+    grey level of the clip as it is at that point (`mean_rgb`: the clip's mean colour in [0, 1])."""
+    M, t = np.eye(3), np.zeros(3)
+    for op, value in steps:
+        step_M, step_t = _colour_step(op, value)
+        if op == 1:
+            grey = LUMA @ (M @ mean_rgb + t)  # mean grey level of the clip as it is at this point
+            step_t = np.full(3, (1 - value) * grey)
+        M, t = step_M @ M, step_M @ t + step_t
+    return M, t
+
+
+def colour_jitter_affine(steps: list[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The jitter map as an affine function of the clip's mean colour m, for augmentation on the device
+    (where m is only known there): M and t = A @ m + c, equal to `compose_colour_jitter(steps, m)` up
+    to float64 rounding (the same products, summed in another order)."""
+    M, A, c = np.eye(3), np.zeros((3, 3)), np.zeros(3)
+    for op, value in steps:
+        step_M, _ = _colour_step(op, value)
+        if op == 1:  # step_t = (1 - f) * LUMA @ (M m + A m + c), the same on every channel
+            A_new = step_M @ A + np.outer(np.ones(3), (1 - value) * (LUMA @ (M + A)))
+            c = step_M @ c + np.full(3, (1 - value) * (LUMA @ c))
+            A = A_new
+        else:
+            A, c = step_M @ A, step_M @ c
+        M = step_M @ M
+    return M, A, c
+
+
 def colour_jitter_map(
     mean_rgb: np.ndarray, rng: np.random.Generator, brightness: float, contrast: float, saturation: float, hue: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(M, t) such that jittered = M @ rgb + t, for factors drawn like torchvision's ColorJitter
     (each factor uniform in [1-s, 1+s], hue in [-h, h]) and applied in a random order."""
-    M, t = np.eye(3), np.zeros(3)
-    for op in rng.permutation(4):
-        if op == 0 and brightness > 0:
-            f = rng.uniform(max(0.0, 1 - brightness), 1 + brightness)
-            step_M, step_t = f * np.eye(3), np.zeros(3)
-        elif op == 1 and contrast > 0:
-            f = rng.uniform(max(0.0, 1 - contrast), 1 + contrast)
-            grey = LUMA @ (M @ mean_rgb + t)  # mean grey level of the clip as it is at this point
-            step_M, step_t = f * np.eye(3), np.full(3, (1 - f) * grey)
-        elif op == 2 and saturation > 0:
-            f = rng.uniform(max(0.0, 1 - saturation), 1 + saturation)
-            step_M, step_t = f * np.eye(3) + (1 - f) * np.outer(np.ones(3), LUMA), np.zeros(3)
-        elif op == 3 and hue > 0:
-            angle = 2 * math.pi * rng.uniform(-hue, hue)
-            c, s = math.cos(angle), math.sin(angle)
-            rotation = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-            step_M, step_t = _YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ, np.zeros(3)
-        else:
-            continue
-        M, t = step_M @ M, step_M @ t + step_t
-    return M, t
+    return compose_colour_jitter(draw_colour_jitter(rng, brightness, contrast, saturation, hue), mean_rgb)
 
 
 IDENTITY_COLOUR = np.hstack([np.eye(3), np.zeros((3, 1))]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ClipDraw:
+    """Every random choice of one clip's augmentation: crop box, flip, colour jitter steps (None = no
+    jitter), grayscale. Drawn by `draw_clip` in one fixed order, so the loader path (`ClipAugment`)
+    and the device path (`vididi.data.device_augment`) apply the same draws to the same clip."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+    jitter: list[tuple[int, float]] | None
+    grayscale: bool
+
+    def as_vector(self) -> np.ndarray:
+        """(DRAW_SIZE,) float64 = [top, left, height, width, flip, M (9), A (9), c (3)]: the geometry and
+        the colour map as an affine function of the clip's mean colour (`colour_jitter_affine`), with
+        the grayscale folded in; what the device path needs (exact integers, float64 maps)."""
+        M, A, c = colour_jitter_affine(self.jitter) if self.jitter is not None else (np.eye(3), np.zeros((3, 3)), np.zeros(3))
+        if self.grayscale:
+            grey = np.outer(np.ones(3), LUMA)
+            M, A, c = grey @ M, grey @ A, grey @ c
+        head = np.array([self.top, self.left, self.height, self.width, float(self.flip)])
+        return np.concatenate([head, M.ravel(), A.ravel(), c])
+
+
+DRAW_SIZE = 5 + 9 + 9 + 3
+
+
+def draw_clip(cfg: dict, height: int, width: int, rng: np.random.Generator) -> ClipDraw:
+    """The random draws of one clip's augmentation (`cfg` = the `augment` section), in the order the
+    loader has always drawn them: crop box, flip, jitter yes/no, jitter steps, grayscale yes/no."""
+    top, left, ch, cw = random_resized_crop_box(height, width, cfg["crop_scale"], cfg["crop_ratio"], rng)
+    flip = bool(rng.uniform() < cfg["flip"])
+    jitter = cfg["color_jitter"]
+    steps = None
+    if rng.uniform() < jitter["p"]:
+        steps = draw_colour_jitter(rng, jitter["brightness"], jitter["contrast"], jitter["saturation"], jitter["hue"])
+    grayscale = bool(rng.uniform() < cfg["grayscale"])
+    return ClipDraw(top, left, ch, cw, flip, steps, grayscale)
 
 
 class ClipAugment:
@@ -81,32 +166,32 @@ class ClipAugment:
     The geometric part (random resized crop, flip) is applied here, on uint8 (cheap for the loader);
     the colour part (jitter, grayscale) is only DRAWN here and returned as an affine map [M | t] that
     the training step applies on the device (`apply_colour`) before the derivatives, on float values.
+    The clip comes back as a (3, L, size, size) view of channels-last memory: collation copies it
+    into the batch once (a contiguous copy here would be a second one).
     """
 
     def __init__(self, cfg: dict, size: int):
         self.cfg, self.size = cfg, size
 
     def __call__(self, clip: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
-        cfg = self.cfg
-        top, left, ch, cw = random_resized_crop_box(clip.shape[2], clip.shape[3], cfg["crop_scale"], cfg["crop_ratio"], rng)
-        x = clip[:, :, top : top + ch, left : left + cw].contiguous(memory_format=torch.channels_last)
+        d = draw_clip(self.cfg, clip.shape[2], clip.shape[3], rng)
+        x = clip[:, :, d.top : d.top + d.height, d.left : d.left + d.width].contiguous(memory_format=torch.channels_last)
         # uint8 resize in channels-last layout: several times faster than on floats; antialiasing only
         # matters when shrinking
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                          antialias=min(ch, cw) > self.size)  # fmt: skip
-        if rng.uniform() < cfg["flip"]:
+                          antialias=min(d.height, d.width) > self.size)  # fmt: skip
+        if d.flip:
             x = x.flip(-1)
         M, t = np.eye(3), np.zeros(3)
-        jitter = cfg["color_jitter"]
-        if rng.uniform() < jitter["p"]:
+        if d.jitter is not None:
             # the clip's mean colour (contrast blends towards its grey level), from every 4th pixel
             mean_rgb = x[:, :, ::4, ::4].float().mean(dim=(0, 2, 3)).numpy() / 255
-            M, t = colour_jitter_map(mean_rgb, rng, jitter["brightness"], jitter["contrast"], jitter["saturation"], jitter["hue"])
-        if rng.uniform() < cfg["grayscale"]:
+            M, t = compose_colour_jitter(d.jitter, mean_rgb)
+        if d.grayscale:
             grey = np.outer(np.ones(3), LUMA)
             M, t = grey @ M, grey @ t
         colour = np.hstack([M, t[:, None]]).astype(np.float32)
-        return x.permute(1, 0, 2, 3).contiguous(), colour
+        return x.permute(1, 0, 2, 3), colour
 
 
 def apply_colour(clips: torch.Tensor, colour: torch.Tensor, mean=(0.0, 0.0, 0.0)) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 - `TrainClips`: two clips of T+2 frames at stride s from independent random start times of the same
   video, each with its own spatial augmentation (docs/method.md): uint8 (3, T+2, size, size) cropped and
-  flipped, plus its colour-jitter map (3, 4) that the training step applies on the device.
+  flipped, plus its colour-jitter map (3, 4) that the training step applies on the device. With
+  `on="device"` (`pretrain.augment_on: device`) it returns the clips' stored bytes and their draws
+  instead, and the training process augments them (device_augment.py).
 - `StepBatches`: the batch of training step k is a pure function of (seed, k): an endless stream of
   seeded permutations of the training videos, cut into global batches; each DDP rank takes every
   world-th item. Every item carries its own RNG key, so resuming at step k reproduces exactly what an
@@ -21,19 +23,23 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..utils import VididiError
-from .augment import ClipAugment, centre_crop
+from .augment import ClipAugment, centre_crop, draw_clip
 from .clips import clip_frame_numbers, clip_span, uniform_starts, window_starts
+from .device_augment import collate_stored
 from .shards import DatasetIndex, FrameReader
 
 
 class TrainClips(Dataset):
     """Items are (video row, RNG key) pairs from `StepBatches`; returns
-    (clip1, clip2, colour1, colour2, label)."""
+    (clip1, clip2, colour1, colour2, label), or with `on="device"` (stored1, stored2, draw1, draw2,
+    label): the clips' stored bytes (`FrameReader.read_stored`) and their augmentation draws
+    (`ClipDraw.as_vector`), from the same random numbers. `collate` batches either kind."""
 
-    def __init__(self, index: DatasetIndex, clips: dict, augment: dict):
+    def __init__(self, index: DatasetIndex, clips: dict, augment: dict, on: str = "loader"):
         self.index, self.reader = index, FrameReader(index)
         self.length, self.stride = clips["frames"] + 2, clips["stride"]
-        self.augment = ClipAugment(augment, clips["size"])
+        self.augment, self.on = ClipAugment(augment, clips["size"]), on
+        self.collate = collate_stored if on == "device" else None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -45,7 +51,12 @@ class TrainClips(Dataset):
         clips, colours = [], []
         for _ in range(2):  # independent start time and augmentation per clip
             frames = clip_frame_numbers(n, self.length, self.stride, rng=rng)
-            clip, colour = self.augment(self.reader.read(video, frames), rng)
+            if self.on == "device":
+                height, width = int(self.index.height[video]), int(self.index.width[video])
+                clips.append(self.reader.read_stored(video, frames))
+                colours.append(torch.from_numpy(draw_clip(self.augment.cfg, height, width, rng).as_vector()))
+                continue
+            clip, colour = self.augment(self.reader.read(video, frames, channels_last=True), rng)
             clips.append(clip)
             colours.append(torch.from_numpy(colour))
         return clips[0], clips[1], colours[0], colours[1], int(self.index.label[video])
@@ -122,9 +133,13 @@ class WindowClips(Dataset):
         return clip, video, start, min(n, start + self.span)
 
 
-def loader(dataset: Dataset, num_workers: int, batch_size: int | None = None, batch_sampler: Sampler | None = None) -> DataLoader:
-    """A DataLoader with the project's settings (persistent workers, modest prefetch)."""
-    kwargs = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
+def loader(dataset: Dataset, num_workers: int, batch_size: int | None = None, batch_sampler: Sampler | None = None,
+           pin_memory: bool = False) -> DataLoader:  # fmt: skip
+    """A DataLoader with the project's settings (persistent workers, modest prefetch; the dataset's
+    own `collate` where it has one)."""
+    kwargs = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory)
+    if getattr(dataset, "collate", None) is not None:
+        kwargs["collate_fn"] = dataset.collate
     if num_workers > 0:
         kwargs["prefetch_factor"] = 4
     if batch_sampler is not None:

@@ -20,6 +20,7 @@ aside (`shard-NNNNN.h5.damaged-<time>`, never deleted) so that the next `snakema
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -289,33 +290,57 @@ class FrameReader:
             self._shards[shard] = (h5, h5["data"], h5["offsets"], h5.attrs["encoding"])
         return self._shards[shard]
 
-    def read(self, video: int, frames: np.ndarray) -> "torch.Tensor":
-        """Frames (n, 3, H, W) uint8 of video `video` (an index row) at frame numbers `frames`; a damaged
-        shard (failed checksum, truncated file, undecodable frame) ends in one line naming it and the video."""
+    @contextlib.contextmanager
+    def _named_damage(self, video: int):
+        """A damaged shard (failed checksum, truncated file, undecodable frame) ends in one line naming
+        it and the video, and is moved aside (`damaged`)."""
         try:
-            return self._read(video, frames)
+            yield
         except (OSError, RuntimeError) as exc:  # HDF5's checksum / truncation errors, JPEG decoding
-            shard = self.index.shard_path(int(self.index.shard[video]))
-            self._shards.pop(int(self.index.shard[video]), None)
-            raise damaged(shard, exc, video=str(self.index.video_id[video])) from exc
+            shard = int(self.index.shard[video])
+            self._shards.pop(shard, None)
+            raise damaged(self.index.shard_path(shard), exc, video=str(self.index.video_id[video])) from exc
 
-    def _read(self, video: int, frames: np.ndarray) -> "torch.Tensor":
+    def read_stored(self, video: int, frames: np.ndarray):
+        """The stored bytes of frames `frames` of video `video`, undecoded: raw shards give uint8
+        (n, H, W, 3); JPEG shards give (blob, offsets), the n JPEG files back to back in one uint8
+        tensor and their n + 1 byte offsets into it. One contiguous read covers the clip."""
+        with self._named_damage(video):
+            return self._read_stored(video, frames)
+
+    def _read_stored(self, video: int, frames: np.ndarray):
         import torch  # here, not at the top: extraction jobs never read frames and skip the import
-        from torchvision.io import ImageReadMode, decode_jpeg
 
         _, data, offsets_ds, encoding = self._shard(int(self.index.shard[video]))
         first = int(self.index.frame_start[video])
         frames = np.asarray(frames, np.int64)
         lo, hi = first + int(frames.min()), first + int(frames.max()) + 1
         offsets = offsets_ds[lo : hi + 1]
-        blob = torch.from_numpy(data[offsets[0] : offsets[-1]])  # one contiguous read covers the clip
-        pieces = [blob[offsets[f] - offsets[0] : offsets[f + 1] - offsets[0]] for f in frames - (lo - first)]
+        blob = torch.from_numpy(data[offsets[0] : offsets[-1]])
+        starts, ends = offsets[frames - (lo - first)] - offsets[0], offsets[frames - (lo - first) + 1] - offsets[0]
         if encoding == "raw":
             height, width = int(self.index.height[video]), int(self.index.width[video])
-            return torch.stack(pieces).view(len(frames), height, width, 3).permute(0, 3, 1, 2)
-        with warnings.catch_warnings():  # torchvision 0.29 (pinned) flags its image codecs as deprecated
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.stack(decode_jpeg(pieces, mode=ImageReadMode.RGB))
+            return torch.stack([blob[a:b] for a, b in zip(starts, ends)]).view(len(frames), height, width, 3)
+        if np.array_equal(starts[1:], ends[:-1]):  # the frames lie back to back: no copy
+            return blob[starts[0] : ends[-1]], torch.from_numpy(np.concatenate([starts, ends[-1:]]) - starts[0])
+        sizes = ends - starts
+        pieces = torch.cat([blob[a:b] for a, b in zip(starts, ends)])
+        return pieces, torch.from_numpy(np.concatenate([[0], np.cumsum(sizes)]))
+
+    def read(self, video: int, frames: np.ndarray, channels_last: bool = False) -> "torch.Tensor":
+        """Frames (n, 3, H, W) uint8 of video `video` (an index row) at frame numbers `frames`.
+        `channels_last`: JPEG frames come in (n, H, W, 3) memory, the layout the decoder writes (no
+        transposing copy; the training augmentation resizes in it). Raw frames always do."""
+        import torch
+
+        with self._named_damage(video):
+            stored = self._read_stored(video, frames)
+            if not isinstance(stored, tuple):
+                return stored.permute(0, 3, 1, 2)
+            decoded = decode_jpegs(*stored, stack=False)
+        if channels_last:
+            return torch.stack(decoded).permute(0, 3, 1, 2)
+        return torch.stack([f.permute(2, 0, 1) for f in decoded])  # contiguous (n, 3, H, W)
 
     def close(self) -> None:
         for h5, *_ in self._shards.values():
@@ -324,3 +349,21 @@ class FrameReader:
 
     def __getstate__(self):  # picklable for DataLoader workers: never ship open handles
         return {"index": self.index, "_shards": {}, "_pid": -1}
+
+
+def decode_jpegs(blob: "torch.Tensor", offsets, device="cpu", stack: bool = True):
+    """JPEG files back to back in `blob` (offsets: n + 1 byte offsets) -> uint8 (n, H, W, 3), decoded in
+    one batched `torchvision.io.decode_jpeg` call on `device` (nvJPEG on CUDA); `stack=False`: the
+    list of n (H, W, 3) frames."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    offsets = [int(o) for o in offsets]
+    pieces = [blob[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    with warnings.catch_warnings():  # torchvision 0.29 (pinned) flags its image codecs as deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        images = decode_jpeg(pieces, mode=ImageReadMode.RGB, device=device)
+    # decode_jpeg's (3, H, W) results are views of (H, W, 3) memory: stacking them in that layout is
+    # a plain copy (stacking as (3, H, W) would transpose every frame)
+    frames = [image.permute(1, 2, 0) for image in images]
+    return torch.stack(frames) if stack else frames

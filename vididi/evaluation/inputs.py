@@ -70,3 +70,21 @@ def trimmed(features: dict, path: Path) -> tuple[dict, dict]:
     if "train" not in features or "test" not in features:
         raise VididiError(f"{path} has no train/test video features (an untrimmed-only dataset?)")
     return features["train"], features["test"]
+
+
+def probe_solver(config: dict) -> dict:
+    """The linear probe's `solver` (`evaluation.probe.solver`) and, for the torch solver, the `device`
+    it runs on (the configured `device`), as keyword arguments of the probe functions."""
+    solver = config["evaluation"]["probe"]["solver"]
+    if solver == "sklearn":
+        return {"solver": solver}
+    from ..ssl.encoder import resolve_device
+
+    return {"solver": solver, "device": resolve_device(config["device"])}
+
+
+def device(config: dict):
+    """Where the metric stages compute (retrieval's similarity blocks): the configured `device`."""
+    from ..ssl.encoder import resolve_device
+
+    return resolve_device(config["device"])

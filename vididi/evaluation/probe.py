@@ -11,7 +11,11 @@ Protocol:
 
 The classifier is scikit-learn's `LogisticRegression(solver="lbfgs")` with an L2 penalty, which is the
 multinomial (softmax) model whenever there are 3 or more classes; with exactly 2 classes it is the
-equivalent binary logistic model.
+equivalent binary logistic model. `solver="torch"` (`evaluation.probe.solver`) fits the same model
+(the same objective, C, split, scaler and selection rule) with full-batch L-BFGS in torch, in float64,
+on `device` (a GPU when there is one): the path for Kinetics-size feature sets, where scikit-learn
+takes days (docs/benchmarks.md). Both minimise a strictly convex objective, so they agree up to
+where each stops iterating; scikit-learn stays the reference and the default.
 
 Usage::
 
@@ -87,6 +91,8 @@ def select_regularisation(
     seed: int = 0,
     max_iter: int = DEFAULT_MAX_ITER,
     groups=None,
+    solver: str = "sklearn",
+    device=None,
 ) -> tuple[float, dict[float, float]]:
     """Choose C on a validation part of the train split; returns (best_C, {C: validation top-1}).
 
@@ -113,20 +119,20 @@ def select_regularisation(
     fit_x, val_x = scaler.transform(x[fit_idx]), scaler.transform(x[val_idx])
     val_scores: dict[float, float] = {}
     for C in Cs:
-        clf, _ = _fit_classifier(fit_x, y[fit_idx], C, max_iter)
+        clf, _ = _fit_classifier(fit_x, y[fit_idx], C, max_iter, solver, device)
         val_scores[C] = float(np.mean(clf.predict(val_x) == y[val_idx]))
     best_score = max(val_scores.values())
     best_C = min(C for C, score in val_scores.items() if score == best_score)
     return best_C, val_scores
 
 
-def _select_and_fit(x, y, Cs, val_fraction, seed, max_iter):
+def _select_and_fit(x, y, Cs, val_fraction, seed, max_iter, solver="sklearn", device=None):
     """C chosen on a validation part of the train split, then the final fit on all of it (shared by
     `linear_probe` and `fit_probe`, so the Grad-CAM target is the classifier the probe evaluates):
     (best_C, validation scores, scaler, classifier, converged)."""
-    best_C, val_scores = select_regularisation(x, y, Cs, val_fraction, seed, max_iter)
+    best_C, val_scores = select_regularisation(x, y, Cs, val_fraction, seed, max_iter, solver=solver, device=device)
     scaler = StandardScaler().fit(x)
-    clf, converged = _fit_classifier(scaler.transform(x), y, best_C, max_iter)
+    clf, converged = _fit_classifier(scaler.transform(x), y, best_C, max_iter, solver, device)
     return best_C, val_scores, scaler, clf, converged
 
 
@@ -139,6 +145,8 @@ def linear_probe(
     val_fraction: float = 0.2,
     seed: int = 0,
     max_iter: int = DEFAULT_MAX_ITER,
+    solver: str = "sklearn",
+    device=None,
 ) -> dict:
     """Linear-probe accuracy of frozen features (protocol in the module docstring).
 
@@ -161,7 +169,7 @@ def linear_probe(
             f"the linear probe needs at least 2 classes in the train split, got {np.unique(y).size}"
         )
 
-    best_C, val_scores, scaler, clf, converged = _select_and_fit(x, y, Cs, val_fraction, seed, max_iter)
+    best_C, val_scores, scaler, clf, converged = _select_and_fit(x, y, Cs, val_fraction, seed, max_iter, solver, device)
     probabilities = clf.predict_proba(scaler.transform(tx))
     top5_k = min(5, clf.classes_.size)
     return {
@@ -211,11 +219,13 @@ def fit_probe(
     val_fraction: float = 0.2,
     seed: int = 0,
     max_iter: int = DEFAULT_MAX_ITER,
+    solver: str = "sklearn",
+    device=None,
 ) -> ProbeModel:
     """The classifier `linear_probe` evaluates, as a `ProbeModel`: the same C selection and the same
     final fit on the whole train split (deterministic), for uses beyond accuracy (Grad-CAM targets)."""
     x, y = _check_xy(train_x, train_y, "train")
-    best_C, _, scaler, clf, _ = _select_and_fit(x, y, Cs, val_fraction, seed, max_iter)
+    best_C, _, scaler, clf, _ = _select_and_fit(x, y, Cs, val_fraction, seed, max_iter, solver, device)
     coef, intercept = clf.coef_.astype(np.float64), clf.intercept_.astype(np.float64)
     if clf.classes_.size == 2:
         coef, intercept = np.vstack([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
@@ -250,11 +260,82 @@ def top_k_accuracy(probabilities, classes, labels, k: int) -> float:
 
 
 def _fit_classifier(
-    x: np.ndarray, y: np.ndarray, C: float, max_iter: int
+    x: np.ndarray, y: np.ndarray, C: float, max_iter: int, solver: str = "sklearn", device=None
 ) -> tuple[LogisticRegression, bool]:
-    """L2 logistic regression (softmax for >= 3 classes); also says whether lbfgs converged."""
+    """L2 logistic regression (softmax for >= 3 classes); also says whether the solver converged."""
+    if solver == "torch":
+        clf = TorchLogisticRegression(C=C, max_iter=max_iter, device=device).fit(x, y)
+        return clf, clf.converged
+    if solver != "sklearn":
+        raise VididiError(f"unknown probe solver {solver!r}; choose sklearn or torch")
     clf = LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter).fit(x, y)
     return clf, bool(np.max(clf.n_iter_) < max_iter)
+
+
+class TorchLogisticRegression:
+    """scikit-learn's L2 `LogisticRegression` fitted with full-batch L-BFGS in torch (float64).
+
+    Objective (scikit-learn's, divided by C * n): mean cross-entropy of softmax(x W^T + b) +
+    ||W||^2 / (2 C n), the intercept b unpenalised. With 2 classes scikit-learn fits the binary model
+    w = W_1 - W_0, whose penalty ||w||^2 / 2 is twice the softmax model's minimum ||W||^2 / 2 for the
+    same w (W_1 = -W_0 = w / 2): the softmax fit with C / 2 is that binary model. Stops as
+    scikit-learn's lbfgs does: when the largest gradient entry of this objective is below `tol`
+    (scikit-learn's default, 1e-4), or after `max_iter` iterations (then `converged` is False). Exposes what the probe uses: classes_, coef_,
+    intercept_, n_iter_, predict, predict_proba.
+    """
+
+    def __init__(self, C: float, max_iter: int = DEFAULT_MAX_ITER, tol: float = 1e-4, device=None):
+        self.C, self.max_iter, self.tol = C, max_iter, tol
+        self.device = device
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "TorchLogisticRegression":
+        import torch
+
+        device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        k = self.classes_.size
+        C = self.C / 2 if k == 2 else self.C
+        xt = torch.as_tensor(np.asarray(x, np.float64), device=device)
+        yt = torch.as_tensor(codes, device=device)
+        n, d = xt.shape
+        W = torch.zeros((k, d), dtype=torch.float64, device=device, requires_grad=True)
+        b = torch.zeros(k, dtype=torch.float64, device=device, requires_grad=True)
+        optimizer = torch.optim.LBFGS([W, b], lr=1, max_iter=self.max_iter, max_eval=4 * self.max_iter,
+                                      tolerance_grad=self.tol, tolerance_change=0, history_size=10,
+                                      line_search_fn="strong_wolfe")  # fmt: skip
+
+        def closure():
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(xt @ W.T + b, yt) + W.square().sum() / (2 * C * n)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        state = optimizer.state[optimizer._params[0]]
+        self.n_iter_ = np.array([int(state.get("n_iter", 0))])
+        self.converged = bool(self.n_iter_[0] < self.max_iter)
+        W, b = W.detach().cpu().numpy(), b.detach().cpu().numpy()
+        if k == 2:  # scikit-learn's binary layout: one row, the log-odds of classes_[1]
+            W, b = W[1:] - W[:1], b[1:] - b[:1]
+        self.coef_, self.intercept_ = W, b
+        return self
+
+    def decision_function(self, x) -> np.ndarray:
+        return np.asarray(x, np.float64) @ self.coef_.T + self.intercept_
+
+    def predict_proba(self, x) -> np.ndarray:
+        z = self.decision_function(x)
+        if self.classes_.size == 2:
+            z = np.hstack([np.zeros_like(z), z])
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, x) -> np.ndarray:
+        z = self.decision_function(x)
+        if self.classes_.size == 2:
+            return self.classes_[(z[:, 0] > 0).astype(int)]
+        return self.classes_[np.argmax(z, axis=1)]
 
 
 def _check_xy(features, labels, split: str) -> tuple[np.ndarray, np.ndarray]:

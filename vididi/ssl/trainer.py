@@ -46,6 +46,7 @@ import torch.distributed as dist
 from .. import config as cfgmod
 from .. import layout
 from ..data.augment import apply_colour
+from ..data.device_augment import DeviceAugment
 from ..data.loader import StepBatches, TrainClips, loader
 from ..data.shards import DatasetIndex
 from ..utils import VididiError, atomic_path, code_version, exclusive_lock, get_logger, progress, provenance, write_json
@@ -135,12 +136,14 @@ class Trainer:
     """One optimisation step on a batch already in memory: the hot path, kept small.
 
     A batch is (clip1, clip2, colour1, colour2, labels) as `TrainClips` yields it: uint8 clips
-    (B, 3, T+2, H, W) and their colour-jitter maps (B, 3, 4).
+    (B, 3, T+2, H, W) and their colour-jitter maps (B, 3, 4); with `augment` (a `DeviceAugment`,
+    `pretrain.augment_on: device`) the clips are stored bytes and the maps the clips' draws, and
+    `augment` turns them into the same two things on the device first.
     """
 
     def __init__(self, model, optimizer, scheduler, schedule: BalancedSchedule, step_input: StepInput,
                  device: torch.device, precision: str, channels_last: bool, grad_clip: float | None,
-                 total_steps: int):  # fmt: skip
+                 total_steps: int, augment=None):  # fmt: skip
         self.model, self.optimizer, self.scheduler, self.schedule = model, optimizer, scheduler, schedule
         self.inp, self.device, self.grad_clip, self.total_steps = step_input, device, grad_clip, total_steps
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
@@ -150,10 +153,13 @@ class Trainer:
         self.core = model.module if hasattr(model, "module") else model  # under DDP
         self.mean = torch.tensor(step_input.mean, dtype=torch.float32, device=device)
         self.world_size = world()[1]
+        self.augment = augment
 
     def view(self, clip: torch.Tensor, colour: torch.Tensor, order: int) -> torch.Tensor:
         """Derivative view of one batch of clips (docs/method.md): colour jitter on floats in [0, 1],
         centring by the dataset mean, then D_order and its scaling."""
+        if self.augment is not None:  # stored bytes + draws -> cropped clips + colour maps, on the device
+            clip, colour = self.augment(clip, colour)
         x = apply_colour(clip.to(self.device, non_blocking=True), colour.to(self.device, non_blocking=True), self.mean)
         v = derivative_view(x.to(self.dtype), order, self.inp.frames, self.inp.scaling, self.inp.sigma)
         return v.contiguous(memory_format=self.memory_format)  # a no-op for channels-last
@@ -275,17 +281,20 @@ def _pretrain(config: dict, run: cfgmod.Run, rank: int, world_size: int) -> Path
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     schedule = BalancedSchedule(settings["variant"]["schedule"], seed=run.seed)
+    on_device = pre.get("augment_on", "loader") == "device"
     stats = index.stats
     trainer = Trainer(
         model, optimizer, scheduler, schedule,
         StepInput(stats["mean"], stats["sigma"], clips_cfg["frames"], settings["variant"]["scaling"]),
         device, pre["precision"], pre["channels_last"], pre["grad_clip"], total,
+        augment=DeviceAugment(clips_cfg["size"], device) if on_device else None,
     )  # fmt: skip
     train_videos = index.select("train")
     if len(train_videos) < pre["batch_size"]:
         raise VididiError(f"{run.dataset}: {len(train_videos)} training videos, fewer than batch_size={pre['batch_size']}")
     sampler = StepBatches(train_videos, pre["batch_size"], run.seed, start_step, total, rank, world_size)
-    batches = loader(TrainClips(index, clips_cfg, settings["augment"]), pre["num_workers"], batch_sampler=sampler)
+    data = TrainClips(index, clips_cfg, settings["augment"], on="device" if on_device else "loader")
+    batches = loader(data, pre["num_workers"], batch_sampler=sampler, pin_memory=on_device and device.type == "cuda")
 
     logger = _TrainLog(layout.train_log(config, run), start_step, len(train_videos), pre["batch_size"]) if is_main() else None
     model.train()

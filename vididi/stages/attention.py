@@ -64,7 +64,8 @@ def cam_targets(config: dict, run: cfgmod.Run, features: dict):
     if train is None:
         raise VididiError("analysis.cam_target probe_logit needs train features to fit the probe")
     pcfg = config["evaluation"]["probe"]
-    model = fit_probe(train["features"], train["labels"], Cs=pcfg["Cs"], val_fraction=pcfg["val_fraction"], seed=run.seed)
+    model = fit_probe(train["features"], train["labels"], Cs=pcfg["Cs"], val_fraction=pcfg["val_fraction"], seed=run.seed,
+                      **inputs.probe_solver(config))  # fmt: skip
     return probe_logit_targets(model), {"cam_target": choice, "probe_C": model.C}
 
 

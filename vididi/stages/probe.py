@@ -21,15 +21,15 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     features, features_path, out = inputs.load(config, run, eval_dataset, "probe")
     train, test = inputs.trimmed(features, features_path)
     pcfg = config["evaluation"]["probe"]
-    result = linear_probe(train["features"], train["labels"], test["features"], test["labels"],
-                          Cs=pcfg["Cs"], val_fraction=pcfg["val_fraction"], seed=run.seed)  # fmt: skip
+    fit = dict(Cs=pcfg["Cs"], val_fraction=pcfg["val_fraction"], seed=run.seed, **inputs.probe_solver(config))
+    result = linear_probe(train["features"], train["labels"], test["features"], test["labels"], **fit)
     metrics = {"top1": result["top1"], "top5": result["top5"]}
     if "target_test" in features:  # a BYOL run's EMA target encoder (evaluation.target_encoder)
         target = linear_probe(features["target_train"]["features"], features["target_train"]["labels"],
-                              features["target_test"]["features"], features["target_test"]["labels"],
-                              Cs=pcfg["Cs"], val_fraction=pcfg["val_fraction"], seed=run.seed)  # fmt: skip
+                              features["target_test"]["features"], features["target_test"]["labels"], **fit)  # fmt: skip
         metrics.update(target_top1=target["top1"], target_top5=target["top5"])
     protocol = {"model": "multinomial logistic regression on standardised features",
+                **({} if pcfg["solver"] == "sklearn" else {"solver": pcfg["solver"]}),
                 "C_selected_on": f"{pcfg['val_fraction']} of the train split (stratified)", **result,
                 "bn_recalibrated": bool(features["attrs"]["bn_recalibrated"])}  # fmt: skip
     write_metrics(out, metrics, protocol, **inputs.record(config, run, eval_dataset, features))

@@ -21,11 +21,12 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
     features, features_path, out = inputs.load(config, run, eval_dataset, "retrieval")
     train, test = inputs.trimmed(features, features_path)
     ks = config["evaluation"]["retrieval_ks"]
-    result = recall_at_k(test["features"], test["labels"], train["features"], train["labels"], ks=ks)
+    device = inputs.device(config)  # float64 blocks and the module's tie rule on any device
+    result = recall_at_k(test["features"], test["labels"], train["features"], train["labels"], ks=ks, device=device)
     metrics = {f"R@{k}": v for k, v in result.recall.items()}
     if "target_test" in features:  # a BYOL run's EMA target encoder (evaluation.target_encoder)
         target = recall_at_k(features["target_test"]["features"], features["target_test"]["labels"],
-                             features["target_train"]["features"], features["target_train"]["labels"], ks=ks)  # fmt: skip
+                             features["target_train"]["features"], features["target_train"]["labels"], ks=ks, device=device)  # fmt: skip
         metrics.update({f"target_R@{k}": v for k, v in target.recall.items()})
     protocol = {"queries": "test split", "gallery": "train split", "similarity": "cosine",
                 "hit": "any same-class video among the top k", "ks": ks,
