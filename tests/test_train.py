@@ -538,6 +538,63 @@ def test_ddp_logs_the_global_batch_loss(ddp_vs_single, framework):
     np.testing.assert_allclose([float(r["loss"]) for r in rows_2], [float(r["loss"]) for r in rows_1], rtol=1e-9)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_signalled_cli_run_checkpoints_exits_and_resumes_to_the_uninterrupted_weights(tmp_path, tiny_data, sig):
+    """SLURM's warning signal before a time limit (`--signal`), or a preemption: the step finishes,
+    last.pt is written at that step (not the last multiple of checkpoint_every), the process exits with
+    128 + the signal and one line, and a requeued job resumes from there to the same weights."""
+    opts = {"steps": 24, "batch_size": 8, "lr": 0.03, "warmup_steps": 2, "checkpoint_every": 100}
+    straight = make_config(tmp_path / "straight", tiny_data, "vicreg", "vididi", **opts)
+    pretrain(straight, only_run(straight))
+
+    config = make_config(tmp_path / "signalled", tiny_data, "vicreg", "vididi", **opts)
+    run = only_run(config)
+    ckpt = run_dir(config, run) / "checkpoints" / "last.pt"
+    cmd = [sys.executable, "-m", "vididi.cli", "pretrain", "--config", str(write_config(config, tmp_path / "config.yaml")),
+           "--dataset", DS, "--run", run.name]  # fmt: skip
+    log = run_dir(config, run) / "train_log.csv"
+    stderr_file = tmp_path / "signalled.stderr"
+    with stderr_file.open("wb") as stderr:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.time() + 120
+    while (not log.exists() or len(log.read_text().splitlines()) < 1 + 3) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    err = stderr_file.read_text()
+    assert proc.returncode == 128 + sig, err[-2000:]
+    stopped_at = torch.load(ckpt, map_location="cpu", weights_only=True)["step"]
+    assert 3 <= stopped_at < opts["steps"] and not (ckpt.parent / "final.pt").exists()
+    (line,) = [x for x in err.splitlines() if "error:" in x]
+    assert line == (f"vididi pretrain: error: stopped by {sig.name} after step {stopped_at} of {opts['steps']}; {ckpt} "
+                    "holds it: run the stage again to resume")  # fmt: skip
+    assert len(read_log(config)) == stopped_at  # the log ends where the checkpoint does
+
+    done = subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming from {ckpt} at step {stopped_at}" in done.stderr
+    assert_same_tensors(final_encoder(config), final_encoder(straight))
+    assert [r["loss"] for r in read_log(config)] == [r["loss"] for r in read_log(straight)]
+
+
+def test_a_second_trainer_of_the_same_run_stops_in_one_line(tmp_path, tiny_data):
+    """An orphaned trainer of a killed Snakemake still holds the run: a second one (the rerun the lock
+    message suggests) must not train beside it and interleave the log."""
+    from vididi.layout import train_lock
+    from vididi.utils import exclusive_lock
+
+    config = make_config(tmp_path, tiny_data, "vicreg", "vididi", **RESUME_RUN)
+    run = only_run(config)
+    with exclusive_lock(train_lock(config, run), "training"):
+        with pytest.raises(VididiError) as excinfo:
+            pretrain(config, run)
+    message = str(excinfo.value)
+    assert message.startswith(f"pid {os.getpid()} on ") and "is already training" in message and "\n" not in message
+    assert not (run_dir(config, run) / "train_log.csv").exists()
+    pretrain(config, run)  # the lock is released with its holder
+    assert len(read_log(config)) == RESUME_RUN["steps"]
+
+
 def test_pretrain_rule_arguments_pass_through_torchrun(monkeypatch, tmp_path):
     """torchrun's own argument parser sees the whole command line the stage launches itself with: an
     option that abbreviates one of torchrun's (`--run` -> `--run-path`) would stop the launch."""
