@@ -163,3 +163,57 @@ def test_split_3_indexes_the_twins_as_test_and_split_1_ignores_them(tmp_path):
     assert sorted(index.video_id[index.select("train")]) == sorted(in_context.video_id[in_context.select("train")])
     assert sorted(f"{v}_ooc" for v in in_context.video_id[in_context.select("test")]) == ooc_test
     assert index.stats and shard_dir(config, "synthetic").is_dir()
+
+
+# --------------------------------------------------------------------------------------------------
+# Scene styles: a texture family and palette per class, one instance per group
+
+
+def test_style_scenes_are_the_groups_instance_of_the_class_style(tmp_path, recorded):
+    import colorsys
+
+    cfg = synthetic_settings(tmp_path, scene_bias=1.0, scenes="style", distractors=[0, 0], groups=3, clips_per_group=2)
+    app = Appearance(cfg, 0)
+    styles = synthetic.class_styles(len(MICRO["classes"]), 0)
+    assert len({(s.texture, round(s.hue, 6)) for s in styles}) == len(styles)
+    backgrounds = {}
+    for ci, name in enumerate(MICRO["classes"]):
+        for g in (1, 2, 3):
+            for c in (1, 2):
+                vid, masks, info = make(tmp_path, cfg, ("trimmed", ci, name, g, c, "train"))
+                assert (info["scene_class"], info["scene_index"]) == (name, g)
+                expected = app.style_background(ci, g)
+                static = ~masks.any(axis=0)
+                assert np.median(np.abs(recorded[vid][0] / 255.0 - expected)[static]) < 0.05  # up to sensor noise
+                frames, own_masks, _, _ = motion_only(cfg, 0, ci, name, g, c)
+                assert np.array_equal(masks, own_masks)  # the motion is the video's own
+                backgrounds[ci, g] = expected
+            # the instance has its class's hue: the mean colour's hue is within the jitter
+            r, gr, b = backgrounds[ci, g].reshape(-1, 3).mean(axis=0)
+            hue = colorsys.rgb_to_hsv(r, gr, b)[0]
+            assert min(abs(hue - styles[ci].hue), 1 - abs(hue - styles[ci].hue)) < 0.05
+    # every (class, group) instance is its own picture
+    keys = list(backgrounds)
+    assert all(not np.array_equal(backgrounds[a], backgrounds[b]) for i, a in enumerate(keys) for b in keys[i + 1:])
+
+
+def test_style_twins_keep_the_motion_and_take_another_class_style(tmp_path, recorded):
+    cfg = synthetic_settings(tmp_path, scene_bias=1.0, scenes="style", ooc_split=True)
+    for ci, name in enumerate(MICRO["classes"]):
+        vid, masks, info = make(tmp_path, cfg, ("trimmed", ci, name, 2, 1, "test"))
+        twin, twin_masks, twin_info = make(tmp_path, cfg, ("ooc", ci, name, 2, 1, "test"))
+        assert twin_info["track"] == info["track"] and np.array_equal(twin_masks, masks)
+        assert twin_info["scene_class"] != name and twin_info["scene_index"] is None
+
+
+@pytest.mark.parametrize("scenes, in_context, twins", [("exact", 1.0, 1.0), ("style", 0.0, 0.0)])
+def test_scene_overlap_counts_exact_backgrounds_shared_with_training_videos(tmp_path, scenes, in_context, twins):
+    # one exact scene per class: every test video shows its class's only pool background, every twin
+    # the other class's; with styles no test video shows a training video's exact background
+    cfg = synthetic_settings(tmp_path, scene_bias=1.0, scene_pool=1, scenes=scenes, ooc_split=True, groups=3, clips_per_group=2)
+    split1, split3 = synthetic.scene_overlap(cfg, 0, "1"), synthetic.scene_overlap(cfg, 0, "3")
+    assert split1["test_videos"] == split3["test_videos"] == 4
+    assert split1["share"] == split1["same_class"] / 4 == in_context and split1["other_class"] == 0
+    assert split3["share"] == split3["other_class"] / 4 == twins and split3["same_class"] == 0
+    # p = 0: fresh backgrounds everywhere, nothing shared (the default dataset)
+    assert synthetic.scene_overlap(synthetic_settings(tmp_path, groups=3), 0)["shared"] == 0

@@ -332,7 +332,7 @@ def raw_settings(config: dict, dataset: str) -> dict:
 # byte-identical to an older one). The dataset and BYOL keys default to that value; the evaluation
 # keys (*_LEGACY) now default to the issue-13 protocol, so their outputs are remade once, and the
 # legacy value (configs/legacy-protocol.yaml) reproduces an older table.
-SYNTHETIC_NEW_DEFAULTS = {"scene_bias": 0, "scene_pool": 8, "ooc_split": False}
+SYNTHETIC_NEW_DEFAULTS = {"scene_bias": 0, "scene_pool": 8, "ooc_split": False, "scenes": "exact"}
 BYOL_NEW_DEFAULTS = {"tau_final": 1.0}
 EVALUATION_LEGACY = {"target_encoder": False}
 DETECTION_LEGACY = {"c_selection": "windows"}
