@@ -217,3 +217,21 @@ def test_scene_overlap_counts_exact_backgrounds_shared_with_training_videos(tmp_
     assert split3["share"] == split3["other_class"] / 4 == twins and split3["same_class"] == 0
     # p = 0: fresh backgrounds everywhere, nothing shared (the default dataset)
     assert synthetic.scene_overlap(synthetic_settings(tmp_path, groups=3), 0)["shared"] == 0
+
+
+def test_the_summary_states_how_many_test_videos_show_a_training_background(tmp_path):
+    from conftest import TINY, tiny_config
+
+    from vididi.stages.summary import scene_overlap_lines
+
+    block = {**TINY["datasets"]["synthetic"]["synthetic"], "scene_bias": 1.0, "scene_pool": 1, "ooc_split": True}
+    datasets = {"ex": {"synthetic": block}, "ex_ooc": {"synthetic": block, "split": "3"},
+                "st": {"synthetic": {**block, "scenes": "style"}}, "synthetic": {}}  # fmt: skip
+    config = tiny_config(tmp_path, datasets={k: {"source": "synthetic", **v} for k, v in datasets.items()})
+    (line,) = scene_overlap_lines(config, [{"eval_dataset": name} for name in ("ex", "ex_ooc", "st", "synthetic")])
+    n = 4 * 2  # 4 classes x 1 test group x 2 clips
+    assert f"ex (exact scenes, split 1) {n} of {n} (100.0%; same class {n}, other class 0)" in line
+    assert f"ex_ooc (exact scenes, split 3) {n} of {n} (100.0%; same class 0, other class {n})" in line
+    assert f"st (style scenes, split 1) 0 of {n} (0.0%" in line
+    assert "synthetic (" not in line  # no class scenes: nothing to count
+    assert scene_overlap_lines(config, [{"eval_dataset": "synthetic"}]) == []

@@ -183,7 +183,8 @@ class Trainer:
 
 
 def pretrain(config: dict, run: cfgmod.Run) -> Path:
-    """Train `run` to `pretrain.steps` steps (resuming if possible); return checkpoints/final.pt."""
+    """Train `run` to its budget (`pretrain.steps`, or `pretrain.epochs` resolved to steps by
+    config.pretrain_settings), resuming if possible; return checkpoints/final.pt."""
     settings = cfgmod.pretrain_settings(config, run)
     settings_hash = cfgmod.settings_hash(settings)
     out_dir = layout.run_dir(config, run)
@@ -231,6 +232,8 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
     train_videos = index.select("train")
     if len(train_videos) < pre["batch_size"]:
         raise VididiError(f"{run.dataset}: {len(train_videos)} training videos, fewer than batch_size={pre['batch_size']}")
+    epochs = total * pre["batch_size"] / len(train_videos)  # passes over the readable training videos
+    log.info("%s: %d steps of %d videos = %.2f epochs of %d training videos", run.name, total, pre["batch_size"], epochs, len(train_videos))
     sampler = StepBatches(train_videos, pre["batch_size"], run.seed, start_step, total, rank, world_size)
     batches = loader(TrainClips(index, clips_cfg, settings["augment"]), pre["num_workers"], batch_sampler=sampler)
 
@@ -265,7 +268,7 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
         _write_final(layout.final_checkpoint(config, run), core, settings, settings_hash, index, steps=total)
         segment.update(to_step=total, seconds=round(time.time() - started, 1))
         _write_info(out_dir, settings, steps=total, wall=sum(s["seconds"] for s in segments), device=device,
-                    world_size=world_size, segments=segments)
+                    world_size=world_size, segments=segments, epochs=epochs)
     if world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -422,10 +425,11 @@ def _write_final(path: Path, model, settings: dict, settings_hash: str, index: D
 
 
 def _write_info(out_dir: Path, settings: dict, steps: int, wall: float, device, world_size: int,
-                segments: list[dict] | None = None) -> None:
-    """wall_seconds: the training's time summed over its segments (an interrupted run has several)."""
+                segments: list[dict] | None = None, epochs: float | None = None) -> None:
+    """wall_seconds: the training's time summed over its segments (an interrupted run has several);
+    epochs: steps x batch / the readable training videos."""
     write_json(out_dir / layout.TRAIN_INFO, {
-        "steps": steps, "wall_seconds": round(wall, 1), "device": str(device), "processes": world_size,
+        "steps": steps, "epochs": None if epochs is None else round(epochs, 2), "wall_seconds": round(wall, 1), "device": str(device), "processes": world_size,
         "machine": machine(), "finished": time.strftime("%Y-%m-%d"), "code": code_version(),
         "segments": segments or [], "settings_hash": cfgmod.settings_hash(settings), "settings": settings,
     })  # fmt: skip

@@ -104,6 +104,23 @@ def run_of(wildcards):
     return vc.find_run(config, wildcards.dataset, wildcards.run)
 
 
+def budget_manifest(wildcards):
+    """No input, but a budget in epochs (counted in the dataset's manifest) waits for the manifest
+    checkpoint: until it has run, the checkpoint's output stands in for this function and the run's
+    settings hash is "to be determined"; Snakemake then plans the run again. Once the manifest exists
+    the run's inputs are the same as with a budget in steps, so restating a budget re-runs nothing."""
+    run = run_of(wildcards)
+    if vc.budget_in_epochs(config, run):
+        checkpoints.manifest.get(dataset=vc.data_owner(config, run.dataset))
+    return []
+
+
+def pretrain_hash(wildcards):
+    """The hash of a run's pretrain settings, its budget resolved to steps."""
+    budget_manifest(wildcards)
+    return vc.settings_hash(vc.pretrain_settings(config, run_of(wildcards)))
+
+
 def eval_hash(wildcards):
     """What evaluation outputs depend on beyond their input files."""
     ds = config["datasets"][wildcards.eval_dataset]

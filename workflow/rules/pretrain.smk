@@ -6,6 +6,7 @@ rule pretrain:
     input:
         index=lambda w: L.index_file(config, w.dataset),
         info=lambda w: L.info_file(config, w.dataset),
+        manifest=budget_manifest,
     output:
         L.final_checkpoint(config, RUN),
     log:
@@ -16,7 +17,7 @@ rule pretrain:
         L.run_benchmark(config, RUN, "pretrain")
     params:
         cmd=pretrain_launcher,
-        settings=lambda w: vc.settings_hash(vc.pretrain_settings(config, run_of(w))),
+        settings=pretrain_hash,
     threads: config["threads"]
     resources:
         gpu=config["pretrain"]["gpus"],
