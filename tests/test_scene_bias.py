@@ -221,7 +221,6 @@ def test_scene_overlap_counts_exact_backgrounds_shared_with_training_videos(tmp_
 
 def test_the_summary_states_how_many_test_videos_show_a_training_background(tmp_path):
     from conftest import TINY, tiny_config
-
     from vididi.stages.summary import scene_overlap_lines
 
     block = {**TINY["datasets"]["synthetic"]["synthetic"], "scene_bias": 1.0, "scene_pool": 1, "ooc_split": True}
