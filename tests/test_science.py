@@ -238,7 +238,7 @@ def test_variant_overrides_and_unchanged_hashes(tmp_path):
 
 
 # each experiment config with the configs it is layered on (after config.yaml)
-EXPERIMENTS = {"byol-tuning": [], "byol": [], "scene-bias": [], "bn-recalibration": ["scene-bias"], "supervised-ceiling": [],
+EXPERIMENTS = {"byol-tuning": [], "byol": [], "scene-bias": [], "scene-style": [], "bn-recalibration": ["scene-bias"], "supervised-ceiling": [],
                "legacy-protocol": ["synthetic-full"]}  # fmt: skip
 
 

@@ -353,6 +353,7 @@ def raw_settings(config: dict, dataset: str) -> dict:
 # legacy value (configs/legacy-protocol.yaml) reproduces an older table.
 SYNTHETIC_NEW_DEFAULTS = {"scene_bias": 0, "scene_pool": 8, "ooc_split": False, "scenes": "exact"}
 BYOL_NEW_DEFAULTS = {"tau_final": 1.0}
+AUGMENT_NEW_DEFAULTS = {"background_erasing": {"p": 0, "max_weight": 0.3}, "fame": {"p": 0, "foreground": 0.3}}
 EVALUATION_LEGACY = {"target_encoder": False}
 DETECTION_LEGACY = {"c_selection": "windows"}
 ANALYSIS_LEGACY = {"cam_target": "feature_norm"}
@@ -456,7 +457,10 @@ def _unresolved_pretrain_settings(config: dict, run: Run) -> dict:
         # how often to log / checkpoint, workers, GPU and node counts do not change the weights; nor
         # (beyond rounding, like `device`) do compiling and the fused optimiser kernel
         "pretrain": {k: v for k, v in config["pretrain"].items() if k not in NOT_WEIGHTS},
-        "augment": config["augment"],
+        # a variant's scene augmentations override the global ones; at their defaults (off) they are left
+        # out, so runs from before they existed keep their hash
+        "augment": without_new_defaults(deep_update(config["augment"], config["variants"][run.variant].get("augment", {})),
+                                        AUGMENT_NEW_DEFAULTS),
         "backbone": {"name": run.backbone, **config["backbones"].get(run.backbone, {})},
         "variant": {"name": run.variant, **config["variants"][run.variant]},
         "seed": run.seed,

@@ -40,7 +40,7 @@ import torch.distributed as dist
 
 from .. import config as cfgmod
 from .. import layout
-from ..data.augment import apply_colour
+from ..data.augment import FramesViewAugment, apply_colour
 from ..data.loader import StepBatches, TrainClips, loader
 from ..data.shards import DatasetIndex
 from ..utils import VididiError, atomic_path, code_version, get_logger, machine, progress, write_json
@@ -145,11 +145,15 @@ class Trainer:
         self.core = model.module if hasattr(model, "module") else model  # under DDP
         self.mean = torch.tensor(step_input.mean, dtype=torch.float32, device=device)
         self.world_size = world()[1]
+        self.frames_augment: FramesViewAugment | None = None  # Background Erasing / FAME, when configured
 
-    def view(self, clip: torch.Tensor, colour: torch.Tensor, order: int) -> torch.Tensor:
+    def view(self, clip: torch.Tensor, colour: torch.Tensor, order: int, step: int = 0, stream: int = 0) -> torch.Tensor:
         """Derivative view of one batch of clips (docs/method.md): colour jitter on floats in [0, 1],
-        centring by the dataset mean, then D_order and its scaling."""
+        centring by the dataset mean, the opt-in scene augmentations on the frames view (order 0 only;
+        derivative views are computed from the clip as it was), then D_order and its scaling."""
         x = apply_colour(clip.to(self.device, non_blocking=True), colour.to(self.device, non_blocking=True), self.mean)
+        if order == 0 and self.frames_augment is not None:
+            x = self.frames_augment(x, step, stream)
         v = derivative_view(x.to(self.dtype), order, self.inp.frames, self.inp.scaling, self.inp.sigma)
         return v.contiguous(memory_format=self.memory_format)  # a no-op for channels-last
 
@@ -157,8 +161,8 @@ class Trainer:
         """The two views of step `step`; a supervised model sees only the first."""
         clip1, clip2, colour1, colour2, _ = batch
         a, b = self.schedule.pair(step)
-        v2 = None if self.core.uses_labels else self.view(clip2, colour2, b)
-        return self.view(clip1, colour1, a), v2, (a, b)
+        v2 = None if self.core.uses_labels else self.view(clip2, colour2, b, step, 1)
+        return self.view(clip1, colour1, a, step, 0), v2, (a, b)
 
     def step(self, step: int, batch):
         """Forward, backward, optimiser and schedule steps; returns (loss, terms, pair) for logging,
@@ -229,6 +233,8 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
         StepInput(stats["mean"], stats["sigma"], clips_cfg["frames"], settings["variant"]["scaling"]),
         device, pre["precision"], pre["channels_last"], pre["grad_clip"], total,
     )  # fmt: skip
+    frames_augment = FramesViewAugment({**config["augment"], **settings["augment"]}, run.seed, rank, world_size)
+    trainer.frames_augment = frames_augment if frames_augment.active else None
     train_videos = index.select("train")
     if len(train_videos) < pre["batch_size"]:
         raise VididiError(f"{run.dataset}: {len(train_videos)} training videos, fewer than batch_size={pre['batch_size']}")
