@@ -3,7 +3,9 @@
 Every video shows one moving sprite over a static textured background. Its class is one of the
 dynamics below; speed, direction, phase and position are random within a class, and the look of the
 scene (background texture and colours, sprite shape / colour / size, static distractors, sensor noise)
-is drawn independently of the class. How much appearance varies across videos is set per factor
+is drawn independently of the class. Two cues still reach a single frame: only Pulsing's sprite is ever
+semi-transparent, and the sprite's mean position depends on the class (paths are placed to stay in
+view: Bouncing sweeps the frame, Pulsing stays put; docs/method.md gives the numbers). How much appearance varies across videos is set per factor
 (`backgrounds`, `sprite_looks`: the size of the pool each video draws from, 0 = a fresh one per video),
 because instance discrimination learns whatever tells one video from another.
 
@@ -12,10 +14,13 @@ onto, and 8 shared sprite looks, so that once a model stops looking at the stati
 temporal derivatives remove) the motion is the best remaining cue for telling videos apart.
 
 Scene bias (docs/science.md): with probability `scene_bias` a trimmed video's background is replaced
-by one from its class's own pool (`scene_pool` per class), drawn from a stream of its own, so the
-video's motion is the same at every p and p = 0 is exactly the dataset made before the knob.
-`ooc_split` adds an out-of-context twin of every test video (same motion, sprite and noise; another
-class's scene) and split 3 = split 1's training videos + the twins as test.
+by one of its class's scenes, drawn from a stream of its own, so the video's motion is the same at
+every p and p = 0 is exactly the dataset made before the knob. `scenes: exact` takes them from a pool
+of `scene_pool` exact backgrounds per class, shared by train and test; `scenes: style` gives each
+class a texture family and a palette and each (class, group) its own instance, so train and test share
+no background (`scene_overlap` counts). `ooc_split` adds an out-of-context twin of every test video
+(same motion, sprite and noise; another class's scene) and split 3 = split 1's training videos + the
+twins as test.
 
 Written as real H.264 files in the UCF101 layout (class folders, classInd.txt, trainlist01.txt,
 testlist01.txt; whole groups go to train or test) so the extraction code for real datasets handles it,
