@@ -80,6 +80,13 @@ BAD_CONFIGS = {  # id: (config, key path the message must name, what the message
         ["'supervised'", "frames_only", "'vididi'"],
     ),
     "undefined figure variant": ({"figures": {"baseline": "nope"}}, "figures.baseline", ["'nope'"]),
+    "budget in steps and in epochs": ({"pretrain": {"steps": 300, "epochs": 10}}, "pretrain", ["steps or epochs, not both", "steps: null"]),
+    "a variant's budget in both units": (
+        {"variants": {"long": {"pretrain": {"steps": 900, "epochs": 100}}}},
+        "variants.long.pretrain",
+        ["steps or epochs, not both"],
+    ),
+    "epochs not positive": ({"pretrain": {"steps": None, "epochs": 0}}, "pretrain.epochs", ["0"]),
 }
 
 
@@ -260,7 +267,7 @@ def test_command_line_strings_take_the_schema_types():
     assert (pre["steps"], pre["lr"], pre["channels_last"], pre["grad_clip"]) == (1000, 0.01, False, None)
     assert config["augment"]["crop_scale"] == [0.5, 1.0]
     assert config["runs"][0]["seed"] == [1, 2] and config["data_dir"] == "123"
-    with pytest.raises(ConfigError, match=r"^config: pretrain.steps: 'ten' is not of type 'integer'$"):
+    with pytest.raises(ConfigError, match=r"^config: pretrain.steps: 'ten' is not of type 'integer', 'null'$"):
         resolve({"pretrain": {"steps": "ten"}})
 
 
@@ -320,7 +327,7 @@ def test_yaml_literals_take_the_schema_types(tmp_path):
 @pytest.mark.parametrize("config, message", [
     ({"pretrain": {"lr": "1e-3x"}}, "config: pretrain.lr: '1e-3x' is not of type 'number'"),
     ({"pretrain": {"lr": "inf"}}, "config: pretrain.lr: 'inf' is not of type 'number'"),
-    ({"pretrain": {"steps": "1e3"}}, "config: pretrain.steps: '1e3' is not of type 'integer'"),
+    ({"pretrain": {"steps": "1e3"}}, "config: pretrain.steps: '1e3' is not of type 'integer', 'null'"),
     ({"results_dir": 1.5}, "config: results_dir: 1.5 is not of type 'string' (write it in quotes)"),
     ({"results_dir": True}, "config: results_dir: True is not of type 'string'"),
     ({"runs": []}, "config: runs: the list is empty (it needs at least 1 entry)"),
@@ -350,3 +357,34 @@ def test_defaults_without_jsonschema_are_the_validators(layers, monkeypatch):
     expected = vc.load_config(paths)
     monkeypatch.setattr(vc, "jsonschema", None)
     assert vc.load_config(paths) == expected
+
+
+def test_a_budget_in_epochs_resolves_to_steps_with_the_hash_of_those_steps(tiny_data):
+    """epochs x training videos (counted in the manifest) / batch, rounded up; the settings hash holds
+    the steps, so a budget restated in the other unit does not re-train, and another budget does."""
+    from vididi.config import budget_in_epochs, epochs_to_steps, pretrain_settings, settings_hash, train_videos
+    from vididi.data.shards import DatasetIndex
+
+    config, _ = tiny_data
+    n_train = len(DatasetIndex.for_dataset(config, "synthetic").select("train"))
+    assert train_videos(config, "synthetic") == n_train == 16  # 4 classes x 2 training groups x 2 clips
+    assert (epochs_to_steps(1, 16, 4), epochs_to_steps(1.1, 16, 4), epochs_to_steps(100, 288, 32)) == (4, 5, 900)
+
+    def hashes(pretrain: dict, variants: dict | None = None) -> dict[str, str]:
+        cfg = resolve({**config, "pretrain": {**config["pretrain"], **pretrain}, "variants": variants or {},
+                       "runs": [{"dataset": "synthetic", "framework": "vicreg", "variant": ["base", *(variants or {})]}]})  # fmt: skip
+        return {run.variant: settings_hash(pretrain_settings(cfg, run)) for run in expand_runs(cfg)}
+
+    in_steps = hashes({"steps": 8})  # batch 4: 2 epochs of 16 videos
+    assert hashes({"steps": None, "epochs": 2}) == in_steps
+    assert hashes({"steps": None, "epochs": 1.9}) == in_steps  # ceil(7.6) = 8 steps
+    assert hashes({"steps": None, "epochs": 2.1}) != in_steps  # 9 steps
+    # a variant's budget replaces the global one in either unit; restated, same hash
+    long_steps = hashes({"steps": 8}, {"long": {"schedule": "all9", "pretrain": {"steps": 20}}})
+    long_epochs = hashes({"steps": None, "epochs": 2}, {"long": {"schedule": "all9", "pretrain": {"epochs": 5}}})
+    assert long_steps == long_epochs and long_steps["long"] != long_steps["base"]
+    cfg = resolve({**config, "variants": {"long": {"pretrain": {"epochs": 5}}},
+                   "runs": [{"dataset": "synthetic", "framework": "vicreg", "variant": ["base", "long"]}]})  # fmt: skip
+    assert [budget_in_epochs(cfg, run) for run in expand_runs(cfg)] == [False, True]
+    settings = pretrain_settings(cfg, expand_runs(cfg)[1])
+    assert settings["pretrain"]["steps"] == 20 and "epochs" not in settings["pretrain"]

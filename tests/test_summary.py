@@ -55,7 +55,7 @@ EVAL_BENCHMARKS = {("base", 0): {"features": 2.0, "retrieval": 1.5}}  # the othe
 
 COLUMNS = ["framework", "variant", "backbone", "seed", "eval_dataset",
            "R@1", "R@5", "R@10", "R@20", "R@50", "probe_top1", "probe_top5", "det_mAP@0.5", "det_mAP_mean",
-           "silhouette", "object_attention", "steps", "pretrain_s", "eval_s"]  # fmt: skip
+           "silhouette", "object_attention", "steps", "epochs", "pretrain_s", "eval_s"]  # fmt: skip
 COLUMN_OF = {("retrieval", k): k for k in ("R@1", "R@5", "R@10", "R@20", "R@50")} | {
     ("probe", "top1"): "probe_top1", ("probe", "top5"): "probe_top5",
     ("detection", "mAP@0.5"): "det_mAP@0.5", ("detection", "mAP_mean"): "det_mAP_mean",
@@ -126,7 +126,8 @@ def results(tmp_path):
             (base / "metrics").mkdir(parents=True, exist_ok=True)
             record = {"metrics": metrics, "protocol": {}, **metric_stamp(config, variant, seed, stage)}
             (base / "metrics" / f"{stage}-{DS}.json").write_text(json.dumps(record))
-        info = {"steps": 4, "wall_seconds": WALL_SECONDS[(variant, seed)], **run_stamp(config, variant, seed)}
+        epochs = {"epochs": 0.5} if variant == "vididi" else {}  # train_info.json before 0.2.0 has no epochs
+        info = {"steps": 4, **epochs, "wall_seconds": WALL_SECONDS[(variant, seed)], **run_stamp(config, variant, seed)}
         (base / "train_info.json").write_text(json.dumps(info))
         if (variant, seed) in PRETRAIN_BENCHMARK:
             write_benchmark(base / "benchmarks" / "pretrain.tsv", PRETRAIN_BENCHMARK[(variant, seed)])
@@ -167,7 +168,7 @@ def test_summary_markdown_mean_std_and_difference_rows(results):
     md = (out / "summary.md").read_text()
     header = table_rows(md, "framework")
     metric_names = COLUMNS[5:16]
-    assert header[0] == ["framework", "variant", "backbone", "eval_dataset", "seeds", *metric_names, "pretrain s"]
+    assert header[0] == ["framework", "variant", "backbone", "eval_dataset", "seeds", *metric_names, "steps (epochs)", "pretrain s"]
     assert header[1] == ["framework", "backbone", "eval_dataset", "difference", *metric_names]
     rows = table_rows(md, "vicreg")
     means = [r for r in rows if r[1] in ("base", "vididi")]
@@ -175,7 +176,8 @@ def test_summary_markdown_mean_std_and_difference_rows(results):
     for row in means:
         variant = row[1]
         assert row[:5] == ["vicreg", variant, "small3d", DS, "2"]
-        assert row[5:-1] == MD_ROWS[variant], variant
+        assert row[5:-2] == MD_ROWS[variant], variant
+        assert row[-2] == {"base": "4", "vididi": "4 (0.5)"}[variant]  # steps (epochs of the training videos)
         assert row[-1] == MD_PRETRAIN_S[variant]
     (diff,) = [r for r in rows if r[1] == "small3d"]
     assert diff[:4] == ["vicreg", "small3d", DS, "vididi − base"]
@@ -195,7 +197,7 @@ def test_summary_with_one_seed_shows_plain_means(tmp_path):
     write_summary(config, DS)
     md = (tmp_path / "results" / DS / "summary.md").read_text()
     (row,) = table_rows(md, "vicreg")
-    assert row[4:] == ["1", "50.0", "70.0", "80.0", "90.0", "100.0", "40.0", "90.0", "20.0", "10.0", "0.100", "30.0", "-"]
+    assert row[4:] == ["1", "50.0", "70.0", "80.0", "90.0", "100.0", "40.0", "90.0", "20.0", "10.0", "0.100", "30.0", "-", "-"]
     assert "Difference" not in md  # no ViDiDi run to compare with
     with (tmp_path / "results" / DS / "summary.csv").open(newline="") as f:
         (csv_row,) = list(csv.DictReader(f))

@@ -168,6 +168,35 @@ def test_real_run_of_the_data_stage(tmp_path):
         p.relative_to(folder).as_posix() for p in broken)
 
 
+@pytest.mark.slow
+def test_a_budget_restated_in_epochs_does_not_train_again(tmp_path):
+    """pretrain.epochs is resolved to steps with the training videos of the manifest (a checkpoint):
+    before the manifest exists the run is planned anyway; once trained with `steps`, the same budget
+    in epochs changes no settings hash, and another budget re-trains."""
+    from vididi import layout as L
+    from vididi.config import find_run
+
+    tiny = {**MICRO, "runs": [{"dataset": "synthetic", "framework": "vicreg", "variant": "base", "backbone": "small3d"}],
+            "pretrain": {"steps": 2, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 1, "log_every": 1, "num_workers": 0},
+            "backbones": {"small3d": {"widths": [4, 4, 8, 8]}}, "frameworks": {"vicreg": {"projector": [16, 16]}}}  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny))
+    config = load_config([tmp_path / "config.yaml"])
+    final = str(L.final_checkpoint(config, find_run(config, "synthetic", "vicreg-base-small3d-s0")))
+    in_epochs = ["--config", "pretrain={steps: null, epochs: 2}"]  # 2 classes x 1 training group x 2 clips = 4 videos: 2 steps
+
+    planned = snakemake(tmp_path, "-n", final, *in_epochs)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    assert job_counts(planned.stdout + planned.stderr).get("pretrain") == 1
+    trained = snakemake(tmp_path, "--cores", "2", final, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-4000:]
+    info = json.loads((tmp_path / L.train_info(config, find_run(config, "synthetic", "vicreg-base-small3d-s0"))).read_text())
+    assert (info["steps"], info["epochs"]) == (2, 2.0)
+    again = snakemake(tmp_path, "-n", final, *in_epochs)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
+    longer = snakemake(tmp_path, "-n", final, "--config", "pretrain={steps: null, epochs: 3}")
+    assert longer.returncode == 0 and job_counts(longer.stdout + longer.stderr).get("pretrain") == 1, longer.stdout[-3000:]
+
+
 def test_each_invocation_has_its_own_config_file_for_its_jobs(tmp_path):
     """A dry run (or any invocation) with other settings must not change the config that the jobs of a
     run still in progress read ($VIDIDI_CONFIG): each distinct config gets its own file."""

@@ -105,8 +105,26 @@ def resolve(config: dict) -> dict:
     errors = _coerce_strings(validator, config)
     if errors:
         raise ConfigError(_describe(jsonschema.exceptions.best_match(errors)))
+    _check_budgets(config)
     _check_references(config)
     return config
+
+
+DEFAULT_STEPS = 1000  # the budget when neither pretrain.steps nor pretrain.epochs is given
+
+
+def _check_budgets(config: dict) -> None:
+    """Exactly one of pretrain.steps and pretrain.epochs (steps = DEFAULT_STEPS when neither is
+    given), and at most one in each variant's overrides."""
+    pre = config["pretrain"]
+    if pre["steps"] is not None and pre["epochs"] is not None:
+        raise ConfigError(f"config: pretrain: give steps or epochs, not both (steps: {pre['steps']}, epochs: {pre['epochs']}); "
+                          "a file layered over one that sets steps sets `steps: null`")
+    if pre["steps"] is None and pre["epochs"] is None:
+        pre["steps"] = DEFAULT_STEPS
+    for name, variant in config["variants"].items():
+        if {"steps", "epochs"} <= set(variant.get("pretrain", {})):
+            raise ConfigError(f"config: variants.{name}.pretrain: give steps or epochs, not both")
 
 
 def _coerce_strings(validator, config: dict) -> list:
@@ -381,7 +399,7 @@ def _check_references(config: dict) -> None:
             raise ConfigError(f"config: variants.{name}.schedule: repeated order pairs")
     for run in expand_runs(config):  # BYOL's tau, after a variant's overrides
         if run.framework == "byol":
-            options = pretrain_settings(config, run)["framework"]
+            options = _unresolved_pretrain_settings(config, run)["framework"]
             if options["tau_base"] > options.get("tau_final", BYOL_NEW_DEFAULTS["tau_final"]):
                 raise ConfigError(f"config: run {run.name}: byol tau_base {options['tau_base']} is above tau_final "
                                   f"{options.get('tau_final', BYOL_NEW_DEFAULTS['tau_final'])} (tau only rises)")
@@ -449,8 +467,9 @@ def raw_settings(config: dict, dataset: str) -> dict:
 # byte-identical to an older one). The dataset and BYOL keys default to that value; the evaluation
 # keys (*_LEGACY) now default to the issue-13 protocol, so their outputs are remade once, and the
 # legacy value (configs/legacy-protocol.yaml) reproduces an older table.
-SYNTHETIC_NEW_DEFAULTS = {"scene_bias": 0, "scene_pool": 8, "ooc_split": False}
+SYNTHETIC_NEW_DEFAULTS = {"scene_bias": 0, "scene_pool": 8, "ooc_split": False, "scenes": "exact"}
 BYOL_NEW_DEFAULTS = {"tau_final": 1.0}
+AUGMENT_NEW_DEFAULTS = {"background_erasing": {"p": 0, "max_weight": 0.3}, "fame": {"p": 0, "foreground": 0.3}}
 EVALUATION_LEGACY = {"target_encoder": False}
 DETECTION_LEGACY = {"c_selection": "windows"}
 ANALYSIS_LEGACY = {"cam_target": "feature_norm"}
@@ -522,7 +541,51 @@ NOT_WEIGHTS = ("log_every", "checkpoint_every", "num_workers", "gpus", "nodes", 
 
 
 def pretrain_settings(config: dict, run: Run) -> dict:
-    """What a pretraining run's weights depend on."""
+    """What a pretraining run's weights depend on. A budget in epochs is resolved to its steps (the
+    dataset's manifest must exist), so the settings, and their hash, hold steps whichever unit the
+    config uses."""
+    settings = _unresolved_pretrain_settings(config, run)
+    settings["pretrain"] = resolve_budget(settings["pretrain"], config, run.dataset)
+    overrides = settings["variant"].get("pretrain", {})
+    if "epochs" in overrides:  # the variant's record too: the same budget in steps has the same hash
+        settings["variant"]["pretrain"] = {**{k: v for k, v in overrides.items() if k != "epochs"}, "steps": settings["pretrain"]["steps"]}
+    return settings
+
+
+def budget_in_epochs(config: dict, run: Run) -> bool:
+    """Whether `run`'s budget (after its variant's overrides) is given in epochs."""
+    return _unresolved_pretrain_settings(config, run)["pretrain"].get("epochs") is not None
+
+
+def resolve_budget(pretrain: dict, config: dict, dataset: str) -> dict:
+    """`pretrain` settings with the budget in steps: epochs E over N training videos at batch B are
+    ceil(E * N / B) steps (at least E passes). N is counted in the dataset's manifest (`train_videos`),
+    which exists before any run is planned to train; the `epochs` key is dropped either way."""
+    out = {k: v for k, v in pretrain.items() if k != "epochs"}
+    epochs = pretrain.get("epochs")
+    if epochs is not None:
+        out["steps"] = epochs_to_steps(epochs, train_videos(config, dataset), pretrain["batch_size"])
+    return out
+
+
+def epochs_to_steps(epochs: float, videos: int, batch_size: int) -> int:
+    if videos < 1:
+        raise ConfigError(f"a budget of {epochs:g} epochs needs training videos; the split lists none")
+    return max(1, math.ceil(round(epochs * videos / batch_size, 6)))  # round: 100 * 288 / 32 is 900, not 901
+
+
+def train_videos(config: dict, dataset: str) -> int:
+    """The trimmed training videos of `dataset`'s split as its manifest lists them: what an epoch
+    counts (videos that turn out unreadable, at most extract.max_bad_fraction, included)."""
+    from .layout import read_manifest  # layout imports this module
+
+    split = config["datasets"][dataset]["split"]
+    member = f"{split}:train"
+    return sum(1 for v in read_manifest(config, dataset)["videos"] if not v["untrimmed"] and member in v["splits"].split(","))
+
+
+def _unresolved_pretrain_settings(config: dict, run: Run) -> dict:
+    """`pretrain_settings` with the budget as configured: `steps` or `epochs` (the other None)."""
     settings = {
         "run": run.name,
         "data": {**data_settings(config, run.dataset), "split": config["datasets"][run.dataset]["split"]},
@@ -531,7 +594,10 @@ def pretrain_settings(config: dict, run: Run) -> dict:
         # (beyond rounding, like `device`) do compiling, the fused optimiser kernel and where the
         # clips are augmented
         "pretrain": {k: v for k, v in config["pretrain"].items() if k not in NOT_WEIGHTS},
-        "augment": config["augment"],
+        # a variant's scene augmentations override the global ones; at their defaults (off) they are left
+        # out, so runs from before they existed keep their hash
+        "augment": without_new_defaults(deep_update(config["augment"], config["variants"][run.variant].get("augment", {})),
+                                        AUGMENT_NEW_DEFAULTS),
         "backbone": {"name": run.backbone, **config["backbones"].get(run.backbone, {})},
         "variant": {"name": run.variant, **config["variants"][run.variant]},
         "seed": run.seed,
@@ -552,7 +618,8 @@ def _apply_variant_overrides(settings: dict, variant: dict, framework: str) -> N
     """A variant's `pretrain` / `frameworks.<name>` keys replace the global ones for its runs (a
     variant without them leaves `settings` exactly as before, so existing runs keep their hash)."""
     if variant.get("pretrain"):
-        settings["pretrain"] = {**settings["pretrain"], **variant["pretrain"]}
+        budget = {"steps": None, "epochs": None} if {"steps", "epochs"} & set(variant["pretrain"]) else {}
+        settings["pretrain"] = {**settings["pretrain"], **budget, **variant["pretrain"]}  # a budget replaces the other unit
     options = variant.get("frameworks", {}).get(framework)
     if options:
         settings["framework"] = {**settings["framework"], **options}

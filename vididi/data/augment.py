@@ -226,3 +226,74 @@ def centre_crop(clip: torch.Tensor, size: int) -> torch.Tensor:
         h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
     return x[:, :, top : top + size, left : left + size].permute(1, 0, 2, 3).contiguous()
+
+
+# --------------------------------------------------------------------------------------------------
+# Scene augmentations of the frames view (order 0), opt-in (`augment.background_erasing`, `augment.fame`).
+# They act on a batch of colour-jittered, centred float clips (B, 3, L, H, W) on the training device;
+# a convex mix commutes with the centring, so centred or not gives the same clip.
+
+
+def background_erasing(x: torch.Tensor, apply: torch.Tensor, weight: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """Background Erasing (Wang et al., CVPR 2021): every frame of clip i becomes
+    (1 - w_i) x_i[t] + w_i x_i[k_i], a static frame k_i of the same clip mixed in with weight w_i, where
+    `apply[i]`. A static addition changes no temporal difference beyond the factor 1 - w_i."""
+    static = x[torch.arange(len(x), device=x.device), :, frame]  # (B, 3, H, W)
+    w = (weight * apply).to(x.dtype)[:, None, None, None, None]
+    return x * (1 - w) + static[:, :, None] * w
+
+
+def motion_foreground(x: torch.Tensor, share: float, smooth: int = 5) -> torch.Tensor:
+    """A foreground estimate that needs no annotation: the `share` of pixels of each clip with the most
+    frame-difference energy (sum over time and colour of |x[t+1] - x[t]|, box-smoothed over `smooth`
+    pixels). At most `share` of the pixels unless energies tie. Returns a (B, 1, 1, H, W) 0/1 mask."""
+    energy = (x[:, :, 1:] - x[:, :, :-1]).abs().sum(dim=(1, 2))  # (B, H, W)
+    energy = F.avg_pool2d(energy[:, None], smooth, stride=1, padding=smooth // 2, count_include_pad=False)[:, 0]
+    flat = energy.flatten(1)
+    threshold = torch.quantile(flat.float(), 1 - share, dim=1, keepdim=True).to(flat.dtype)
+    # strictly above: a static background (energy 0 everywhere) is never foreground; a clip without
+    # any motion is all foreground, i.e. left as it is
+    mask = (flat > threshold) | (flat == flat.max(dim=1, keepdim=True).values)
+    return mask.reshape(energy.shape)[:, None, None].to(x.dtype)
+
+
+def fame_merge(x: torch.Tensor, apply: torch.Tensor, partner: torch.Tensor, share: float) -> torch.Tensor:
+    """Foreground-background merging after FAME (Ding et al., 2022): where `apply[i]`, clip i's moving
+    foreground (`motion_foreground`) over clip partner[i] of the same batch, which shows through
+    everywhere else."""
+    drawn = apply.to(x.dtype)[:, None, None, None, None]
+    keep = 1 - drawn * (1 - motion_foreground(x, share))  # 1 on the foreground and on clips not drawn
+    return x * keep + x[partner] * (1 - keep)
+
+
+class FramesViewAugment:
+    """Draws and applies the opt-in scene augmentations of an order-0 view. The draws of step k and
+    stream s come from the seeded stream [seed, k, s, 8101], one per position of the global batch
+    (this process takes positions rank, rank + world, ... as the loader does), so training stays a
+    pure function of (settings, step). A FAME partner is another clip of this process's share."""
+
+    def __init__(self, augment: dict, seed: int, rank: int = 0, world: int = 1):
+        self.be, self.fame = augment["background_erasing"], augment["fame"]
+        self.seed, self.rank, self.world = seed, rank, world
+
+    @property
+    def active(self) -> bool:
+        return self.be["p"] > 0 or self.fame["p"] > 0
+
+    def __call__(self, x: torch.Tensor, step: int, stream: int) -> torch.Tensor:
+        b, length = x.shape[0], x.shape[2]
+        rng = np.random.default_rng([self.seed, step, stream, 8101])
+        draws = rng.uniform(size=(4, b * self.world))[:, self.rank :: self.world]
+
+        def tensor(values, dtype=torch.float32):
+            return torch.as_tensor(np.asarray(values), dtype=dtype, device=x.device)
+
+        if self.be["p"] > 0:
+            apply = tensor(draws[0] < self.be["p"])
+            frame = tensor(np.minimum((draws[1] * length).astype(np.int64), length - 1), torch.long)
+            x = background_erasing(x, apply, tensor(draws[2] * self.be["max_weight"]), frame)
+        if self.fame["p"] > 0 and b > 1:
+            shift = 1 + int(rng.integers(b - 1))  # every clip gets another clip's background
+            partner = torch.roll(torch.arange(b, device=x.device), -shift)
+            x = fame_merge(x, tensor(draws[3] < self.fame["p"]), partner, self.fame["foreground"])
+        return x

@@ -3,7 +3,9 @@
 Every video shows one moving sprite over a static textured background. Its class is one of the
 dynamics below; speed, direction, phase and position are random within a class, and the look of the
 scene (background texture and colours, sprite shape / colour / size, static distractors, sensor noise)
-is drawn independently of the class. How much appearance varies across videos is set per factor
+is drawn independently of the class. Two cues still reach a single frame: only Pulsing's sprite is ever
+semi-transparent, and the sprite's mean position depends on the class (paths are placed to stay in
+view: Bouncing sweeps the frame, Pulsing stays put; docs/method.md gives the numbers). How much appearance varies across videos is set per factor
 (`backgrounds`, `sprite_looks`: the size of the pool each video draws from, 0 = a fresh one per video),
 because instance discrimination learns whatever tells one video from another.
 
@@ -12,10 +14,13 @@ onto, and 8 shared sprite looks, so that once a model stops looking at the stati
 temporal derivatives remove) the motion is the best remaining cue for telling videos apart.
 
 Scene bias (docs/science.md): with probability `scene_bias` a trimmed video's background is replaced
-by one from its class's own pool (`scene_pool` per class), drawn from a stream of its own, so the
-video's motion is the same at every p and p = 0 is exactly the dataset made before the knob.
-`ooc_split` adds an out-of-context twin of every test video (same motion, sprite and noise; another
-class's scene) and split 3 = split 1's training videos + the twins as test.
+by one of its class's scenes, drawn from a stream of its own, so the video's motion is the same at
+every p and p = 0 is exactly the dataset made before the knob. `scenes: exact` takes them from a pool
+of `scene_pool` exact backgrounds per class, shared by train and test; `scenes: style` gives each
+class a texture family and a palette and each (class, group) its own instance, so train and test share
+no background (`scene_overlap` counts). `ooc_split` adds an out-of-context twin of every test video
+(same motion, sprite and noise; another class's scene) and split 3 = split 1's training videos + the
+twins as test.
 
 Written as real H.264 files in the UCF101 layout (class folders, classInd.txt, trainlist01.txt,
 testlist01.txt; whole groups go to train or test) so the extraction code for real datasets handles it,
@@ -149,11 +154,28 @@ def _random_colour(rng, saturation=(0.5, 1.0), value=(0.55, 1.0)) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(*saturation), rng.uniform(*value)))
 
 
-def make_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A random static texture (H, W, 3) in [0, 1]: value noise, stripes, checkers, gradient or blobs."""
-    kind = rng.integers(5)
-    c1 = _random_colour(rng, (0.1, 0.7), (0.2, 0.9))
-    c2 = _random_colour(rng, (0.1, 0.7), (0.2, 0.9))
+TEXTURES = ("value noise", "stripes", "checkerboard", "gradient", "blobs")
+
+
+def make_background(rng: np.random.Generator, size: int, style: "SceneStyle | None" = None) -> np.ndarray:
+    """A random static texture (H, W, 3) in [0, 1]: value noise, stripes, checkers, gradient or blobs.
+
+    With a `style`, the texture family and the palette are the style's and only the texture's own
+    parameters (angle, frequency, noise, blobs) and the exact shades are random. Without one, the
+    draws are exactly those made before styles existed.
+    """
+    if style is None:
+        kind = rng.integers(5)
+        c1 = _random_colour(rng, (0.1, 0.7), (0.2, 0.9))
+        c2 = _random_colour(rng, (0.1, 0.7), (0.2, 0.9))
+    else:
+        kind, (c1, c2) = style.texture, style.colours(rng)
+    field = _texture(rng, int(kind), size)
+    return c1 * (1 - field) + c2 * field
+
+
+def _texture(rng: np.random.Generator, kind: int, size: int) -> np.ndarray:
+    """The mixing field (H, W, 1) in [0, 1] of texture family `kind` (an index into TEXTURES)."""
     y, x = np.mgrid[0:size, 0:size] / size
     if kind == 0:  # multi-octave value noise
         field = np.zeros((size, size))
@@ -178,8 +200,39 @@ def make_background(rng: np.random.Generator, size: int) -> np.ndarray:
             cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.2)
             field += rng.uniform(-1, 1) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))
         field = (field - field.min()) / (np.ptp(field) + 1e-8)
-    field = np.clip(field, 0, 1)[..., None]
-    return c1 * (1 - field) + c2 * field
+    return np.clip(field, 0, 1)[..., None]
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    """A class's scene style (`scenes: style`): one texture family and a one-hue palette, a dark and a
+    light shade of `hue`. Every instance draws its own texture parameters and shades, so two instances
+    of a style look alike without being the same picture (as two swimming pools do)."""
+
+    texture: int  # index into TEXTURES
+    hue: float  # in [0, 1)
+
+    HUE_JITTER = 0.04  # each shade's hue is within this of the style's (styles are 1 / n_classes apart)
+
+    def colours(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        import colorsys
+
+        def shade(value: tuple[float, float]) -> np.ndarray:
+            hue = (self.hue + rng.uniform(-self.HUE_JITTER, self.HUE_JITTER)) % 1.0
+            return np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.35, 0.85), rng.uniform(*value)))
+
+        return shade((0.15, 0.45)), shade((0.6, 0.95))
+
+
+def class_styles(n_classes: int, seed: int) -> list[SceneStyle]:
+    """One style per class, from the stream [seed, 7004]: hues evenly spaced around the colour circle
+    (a random offset, shuffled over the classes) and the texture families dealt in a shuffled cycle,
+    so no two classes share both their family and their hue."""
+    rng = np.random.default_rng([seed, 7004])
+    hues = (rng.uniform() + np.arange(n_classes) / n_classes) % 1.0
+    hues = hues[rng.permutation(n_classes)]
+    textures = np.resize(rng.permutation(len(TEXTURES)), n_classes)
+    return [SceneStyle(int(t), float(h)) for t, h in zip(textures, hues)]
 
 
 def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
@@ -293,6 +346,21 @@ class Appearance:
         i = int(rng.integers(len(pool)))
         return pool[i], i
 
+    def style_background(self, class_index: int, group: int) -> np.ndarray:
+        """Group `group`'s instance of class `class_index`'s scene style (`scenes: style`), from the
+        stream [seed, 7003, class, group]: the clips of a group share it, as in UCF101, and since whole
+        groups go to train or test, no training video shows a test video's exact background."""
+        if getattr(self, "_styles", None) is None:
+            self._styles = class_styles(len(self.cfg["classes"]), self.seed)
+        rng = np.random.default_rng([self.seed, 7003, class_index, group])
+        return make_background(rng, self.size, self._styles[class_index])
+
+    def fresh_style_background(self, class_index: int, rng) -> np.ndarray:
+        """A new instance of class `class_index`'s style drawn from `rng` (an out-of-context twin's)."""
+        if getattr(self, "_styles", None) is None:
+            self._styles = class_styles(len(self.cfg["classes"]), self.seed)
+        return make_background(rng, self.size, self._styles[class_index])
+
     def background(self, rng) -> tuple[np.ndarray, int]:
         if self.backgrounds:
             i = int(rng.integers(len(self.backgrounds)))
@@ -341,11 +409,14 @@ def sample_motion(app: Appearance, name: str, rng, n: int) -> tuple[np.ndarray, 
 
 
 def scene_bias(app: Appearance, scene: Scene, info: dict, key: list[int], class_index: int, name: str) -> tuple[Scene, dict]:
-    """With probability `scene_bias`, replace a trimmed video's background by one of its class's pool.
+    """With probability `scene_bias`, replace a trimmed video's background by one of its class's scenes:
+    with `scenes: exact`, one of the class's pool of `scene_pool` backgrounds (shared by train and test);
+    with `scenes: style`, its group's instance of the class's style (never shown in the other split).
 
     The coin and the pool index come from a stream of their own (`key` + [5001]), drawn only when
     scene_bias > 0: the video's own stream (look, motion, noise) is untouched, so the same video has
-    the same motion at every p, and at p = 0 the dataset is exactly the one made before the knob.
+    the same motion at every p and in both modes, and at p = 0 the dataset is exactly the one made
+    before the knob.
     """
     p = app.cfg.get("scene_bias", 0)
     if p <= 0:
@@ -353,16 +424,24 @@ def scene_bias(app: Appearance, scene: Scene, info: dict, key: list[int], class_
     rng = np.random.default_rng([*key, 5001])
     if rng.uniform() >= p:
         return scene, {**info, "scene_class": None}
-    background, i = app.class_background(class_index, rng)
+    if app.cfg.get("scenes", "exact") == "style":
+        group = key[2]
+        background, i = app.style_background(class_index, group), group
+    else:
+        background, i = app.class_background(class_index, rng)
     return Scene(background, scene.look, scene.distractors), {**info, "background": -1, "scene_class": name, "scene_index": i}
 
 
 def out_of_context(app: Appearance, scene: Scene, info: dict, key: list[int], class_index: int, names: list[str]) -> tuple[Scene, dict]:
     """The out-of-context twin's scene: the same sprite, distractors (and, rendered with the same
-    stream, the same motion and noise) over a background from ANOTHER class's pool (`key` + [5002])."""
+    stream, the same motion and noise) over ANOTHER class's scene (`key` + [5002]): a background of
+    its pool (`scenes: exact`) or a new instance of its style (`scenes: style`; scene_index None)."""
     rng = np.random.default_rng([*key, 5002])
     other = (class_index + 1 + int(rng.integers(len(names) - 1))) % len(names)
-    background, i = app.class_background(other, rng)
+    if app.cfg.get("scenes", "exact") == "style":
+        background, i = app.fresh_style_background(other, rng), None
+    else:
+        background, i = app.class_background(other, rng)
     return Scene(background, scene.look, scene.distractors), {**info, "background": -1, "scene_class": names[other], "scene_index": i}
 
 
@@ -500,17 +579,7 @@ def _make_video(job: tuple) -> tuple[str, np.ndarray, dict]:
     """Render and encode one video; returns its id, object masks and metadata."""
     root, cfg, seed, app, names = (_WORKER[k] for k in ("root", "cfg", "seed", "app", "names"))
     if job[0] in ("trimmed", "ooc"):
-        kind, ci, name, g, c, split = job
-        video_id = f"{name}/v_{name}_g{g:02d}_c{c:02d}"
-        rng = np.random.default_rng([seed, ci, g, c])
-        scene, info = app.scene(rng)
-        track, opacity = sample_motion(app, name, rng, cfg["frames"])
-        scene, info = scene_bias(app, scene, info, [seed, ci, g, c], ci, name)
-        if kind == "ooc":  # the same video (its stream continues identically) in another class's scene
-            scene, info = out_of_context(app, scene, info, [seed, ci, g, c], ci, names)
-            info = {**info, "twin_of": video_id}
-            video_id += "_ooc"
-        info = {"class": name, "split": split, **info, "track": np.round(track, 2).tolist()}
+        video_id, scene, info, track, opacity, rng = _trimmed_scene(app, names, seed, job)
     else:
         _, subset, folder, k = job
         video_id = f"untrimmed/{folder}/video_{folder}_{k:07d}"
@@ -521,6 +590,61 @@ def _make_video(job: tuple) -> tuple[str, np.ndarray, dict]:
     frames, masks = render(app, scene, track, opacity, rng)
     encode_h264(frames, root / f"{video_id}.mp4", fps=cfg["fps"], crf=cfg["crf"])
     return video_id, masks, info
+
+
+def _trimmed_scene(app: Appearance, names: list[str], seed: int, job: tuple) -> tuple[str, Scene, dict, np.ndarray, np.ndarray, np.random.Generator]:
+    """Video id, scene, metadata, track, opacity and the stream (to render with) of a trimmed video or twin."""
+    kind, ci, name, g, c, split = job
+    video_id = f"{name}/v_{name}_g{g:02d}_c{c:02d}"
+    rng = np.random.default_rng([seed, ci, g, c])
+    scene, info = app.scene(rng)
+    track, opacity = sample_motion(app, name, rng, app.cfg["frames"])
+    scene, info = scene_bias(app, scene, info, [seed, ci, g, c], ci, name)
+    if kind == "ooc":  # the same video (its stream continues identically) in another class's scene
+        scene, info = out_of_context(app, scene, info, [seed, ci, g, c], ci, names)
+        info = {**info, "twin_of": video_id}
+        video_id += "_ooc"
+    info = {"class": name, "split": split, **info, "track": np.round(track, 2).tolist()}
+    return video_id, scene, info, track, opacity, rng
+
+
+def scene_overlap(cfg: dict, seed: int, split: str = "1") -> dict:
+    """How many test videos of `split` show the exact background of a training video.
+
+    Replays the generator's scene draws (the same code, without rendering) and compares the background
+    arrays themselves, before distractors and the sprite are drawn on them. Split "3" tests the
+    out-of-context twins. Returns the test video count and how many share their exact background with
+    a training video of the same class, of another class, and of any class (`share`: that count / test
+    videos). Exact scenes: most do; scene styles: none should.
+    """
+    import hashlib
+
+    names, app = class_names(cfg), Appearance(cfg, seed)
+    jobs = [("trimmed", *item) for item in trimmed_plan(cfg)]
+    if split == "3":
+        if not cfg.get("ooc_split"):
+            raise VididiError("synthetic: split 3 needs ooc_split: true")
+        train = [j for j in jobs if j[5] == "train"]
+        test = [("ooc", *j[1:]) for j in jobs if j[5] == "test"]
+    else:
+        membership = {j: group_split(cfg, j[3])[int(split) - 1] for j in jobs}
+        train = [j for j in jobs if membership[j] == "train"]
+        test = [j for j in jobs if membership[j] == "test"]
+
+    def digest(job) -> str:
+        return hashlib.sha256(_trimmed_scene(app, names, seed, job)[1].background.tobytes()).hexdigest()
+
+    classes_by_background: dict[str, set[int]] = {}
+    for job in train:
+        classes_by_background.setdefault(digest(job), set()).add(job[1])
+    same = other = shared = 0
+    for job in test:
+        classes = classes_by_background.get(digest(job), set())
+        shared += bool(classes)
+        same += job[1] in classes
+        other += bool(classes - {job[1]})
+    return {"test_videos": len(test), "shared": shared, "same_class": same, "other_class": other,
+            "share": shared / max(1, len(test))}  # fmt: skip
 
 
 def _untrimmed_motion(app: Appearance, rng, names: list[str], cfg: dict):

@@ -45,7 +45,7 @@ import torch.distributed as dist
 
 from .. import config as cfgmod
 from .. import layout
-from ..data.augment import apply_colour
+from ..data.augment import FramesViewAugment, apply_colour
 from ..data.device_augment import DeviceAugment
 from ..data.loader import StepBatches, TrainClips, loader
 from ..data.shards import DatasetIndex
@@ -154,13 +154,17 @@ class Trainer:
         self.mean = torch.tensor(step_input.mean, dtype=torch.float32, device=device)
         self.world_size = world()[1]
         self.augment = augment
+        self.frames_augment: FramesViewAugment | None = None  # Background Erasing / FAME, when configured
 
-    def view(self, clip: torch.Tensor, colour: torch.Tensor, order: int) -> torch.Tensor:
+    def view(self, clip: torch.Tensor, colour: torch.Tensor, order: int, step: int = 0, stream: int = 0) -> torch.Tensor:
         """Derivative view of one batch of clips (docs/method.md): colour jitter on floats in [0, 1],
-        centring by the dataset mean, then D_order and its scaling."""
+        centring by the dataset mean, the opt-in scene augmentations on the frames view (order 0 only;
+        derivative views are computed from the clip as it was), then D_order and its scaling."""
         if self.augment is not None:  # stored bytes + draws -> cropped clips + colour maps, on the device
             clip, colour = self.augment(clip, colour)
         x = apply_colour(clip.to(self.device, non_blocking=True), colour.to(self.device, non_blocking=True), self.mean)
+        if order == 0 and self.frames_augment is not None:
+            x = self.frames_augment(x, step, stream)
         v = derivative_view(x.to(self.dtype), order, self.inp.frames, self.inp.scaling, self.inp.sigma)
         return v.contiguous(memory_format=self.memory_format)  # a no-op for channels-last
 
@@ -168,8 +172,8 @@ class Trainer:
         """The two views of step `step`; a supervised model sees only the first."""
         clip1, clip2, colour1, colour2, _ = batch
         a, b = self.schedule.pair(step)
-        v2 = None if self.core.uses_labels else self.view(clip2, colour2, b)
-        return self.view(clip1, colour1, a), v2, (a, b)
+        v2 = None if self.core.uses_labels else self.view(clip2, colour2, b, step, 1)
+        return self.view(clip1, colour1, a, step, 0), v2, (a, b)
 
     def step(self, step: int, batch):
         """Forward, backward, optimiser and schedule steps; returns (loss, terms, pair) for logging,
@@ -233,7 +237,8 @@ class StopRequest:
 
 
 def pretrain(config: dict, run: cfgmod.Run) -> Path:
-    """Train `run` to `pretrain.steps` steps (resuming if possible); return checkpoints/final.pt."""
+    """Train `run` to its budget (`pretrain.steps`, or `pretrain.epochs` resolved to steps by
+    config.pretrain_settings), resuming if possible; return checkpoints/final.pt."""
     rank, world_size = _init_distributed()
     if is_main():  # one trainer per run: a second one (an orphan of a killed Snakemake, a hand run) stops here
         with exclusive_lock(layout.train_lock(config, run), f"training {run.name}"):
@@ -289,9 +294,13 @@ def _pretrain(config: dict, run: cfgmod.Run, rank: int, world_size: int) -> Path
         device, pre["precision"], pre["channels_last"], pre["grad_clip"], total,
         augment=DeviceAugment(clips_cfg["size"], device) if on_device else None,
     )  # fmt: skip
+    frames_augment = FramesViewAugment({**config["augment"], **settings["augment"]}, run.seed, rank, world_size)
+    trainer.frames_augment = frames_augment if frames_augment.active else None
     train_videos = index.select("train")
     if len(train_videos) < pre["batch_size"]:
         raise VididiError(f"{run.dataset}: {len(train_videos)} training videos, fewer than batch_size={pre['batch_size']}")
+    epochs = total * pre["batch_size"] / len(train_videos)  # passes over the readable training videos
+    log.info("%s: %d steps of %d videos = %.2f epochs of %d training videos", run.name, total, pre["batch_size"], epochs, len(train_videos))
     sampler = StepBatches(train_videos, pre["batch_size"], run.seed, start_step, total, rank, world_size)
     data = TrainClips(index, clips_cfg, settings["augment"], on="device" if on_device else "loader")
     batches = loader(data, pre["num_workers"], batch_sampler=sampler, pin_memory=on_device and device.type == "cuda")
@@ -334,7 +343,7 @@ def _pretrain(config: dict, run: cfgmod.Run, rank: int, world_size: int) -> Path
         segment.update(to_step=total, seconds=round(time.time() - started, 1))  # (not listed when nothing was trained)
         # train_info.json first: a final.pt on disk always has the record that describes it
         _write_info(out_dir, settings, settings_hash, index, steps=total, wall=sum(s["seconds"] for s in segments),
-                    device=device, world_size=world_size, segments=segments)  # fmt: skip
+                    device=device, world_size=world_size, segments=segments, epochs=epochs)  # fmt: skip
         _write_final(layout.final_checkpoint(config, run), core, settings, settings_hash, index, steps=total)
     if world_size > 1:
         dist.barrier()
@@ -496,12 +505,13 @@ def _write_final(path: Path, model, settings: dict, settings_hash: str, index: D
 
 
 def _write_info(out_dir: Path, settings: dict, settings_hash: str, index: DatasetIndex, steps: int, wall: float,
-                device, world_size: int, segments: list[dict] | None = None) -> None:  # fmt: skip
-    """wall_seconds: the training's time summed over its segments (an interrupted run has several).
+                device, world_size: int, segments: list[dict] | None = None, epochs: float | None = None) -> None:  # fmt: skip
+    """wall_seconds: the training's time summed over its segments (an interrupted run has several);
+    epochs: steps x batch / the readable training videos.
     `settings_hash` is the run hash (settings + the data's content), also in final.pt: vididi.stamps
     reads it here, without torch."""
     write_json(out_dir / layout.TRAIN_INFO, {
-        "steps": steps, "wall_seconds": round(wall, 1), "device": str(device), "processes": world_size,
-        "finished": time.strftime("%Y-%m-%d"), **provenance(), "segments": segments or [],
+        "steps": steps, "epochs": None if epochs is None else round(epochs, 2), "wall_seconds": round(wall, 1),
+        "device": str(device), "processes": world_size, "finished": time.strftime("%Y-%m-%d"), **provenance(), "segments": segments or [],
         "settings_hash": settings_hash, "settings": {**settings, "data_content": index.content},
     })  # fmt: skip

@@ -33,7 +33,7 @@ METRIC_COLUMNS = {  # metric file stem (layout.metrics_stem) -> (metric key -> c
 # configs/legacy-protocol.yaml turns it off, and the table keeps its pre-issue-13 columns).
 OPT_IN_COLUMNS = {"attention_uniform": lambda config: config["analysis"]["cam_target"] != "feature_norm"}
 KEY_COLUMNS = ["framework", "variant", "backbone", "seed", "eval_dataset"]
-COST_COLUMNS = ["steps", "pretrain_s", "eval_s"]
+COST_COLUMNS = ["steps", "epochs", "pretrain_s", "eval_s"]
 
 
 def _read_metrics(path: Path, expected_settings, run_hash: str) -> dict:
@@ -103,7 +103,7 @@ def _run_rows(config: dict, run: cfgmod.Run) -> list[dict]:
                     row[column] = metrics[key]
         for stage in ["features", *stages]:
             eval_s += _benchmark_seconds(layout.run_benchmark(config, run, f"{stage}-{eval_dataset}")) or 0.0
-        row.update(steps=info.get("steps"), pretrain_s=pretrain_s, eval_s=round(eval_s, 1) or None)
+        row.update(steps=info.get("steps"), epochs=info.get("epochs"), pretrain_s=pretrain_s, eval_s=round(eval_s, 1) or None)
         row.update(_provenance={k: info.get(k) for k in ("machine", "finished", "code")})
         rows.append(row)
     return rows
@@ -123,7 +123,8 @@ def main(config: dict, dataset: str) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     write_text(layout.summary_file(config, dataset, ".csv"), buf.getvalue())
-    write_text(layout.summary_file(config, dataset, ".md"), markdown(rows, metrics, config["figures"]["baseline"], dataset))
+    text = markdown(rows, metrics, config["figures"]["baseline"], dataset)
+    write_text(layout.summary_file(config, dataset, ".md"), text + "".join(f"{line}\n" for line in scene_overlap_lines(config, rows)))
     return layout.summary_file(config, dataset, ".csv")
 
 
@@ -153,12 +154,13 @@ def markdown(rows: list[dict], metrics: list[str], baseline: str, dataset: str) 
     keys = ["framework", "variant", "backbone", "eval_dataset"]
     lines = [f"# Results: pretrained on {dataset}", "",
              "Metrics in % (silhouette: raw score); mean ± std over seeds when there are several.", "",
-             "| " + " | ".join(keys + ["seeds"] + metrics + ["pretrain s"]) + " |",
-             "|" + "---|" * (len(keys) + len(metrics) + 2)]  # fmt: skip
+             "| " + " | ".join(keys + ["seeds"] + metrics + ["steps (epochs)", "pretrain s"]) + " |",
+             "|" + "---|" * (len(keys) + len(metrics) + 3)]  # fmt: skip
     groups = _group(rows, keys)
     for key, members in groups.items():
         cells = [str(k) for k in key] + [str(len(members))]
         cells += [_fmt([m.get(c) for m in members], _is_percent(c)) for c in metrics]
+        cells.append(_budget(members))
         seconds = [m["pretrain_s"] for m in members if m.get("pretrain_s") is not None]
         cells.append(f"{np.mean(seconds):.0f}" if seconds else "-")
         lines.append("| " + " | ".join(cells) + " |")
@@ -179,6 +181,28 @@ def markdown(rows: list[dict], metrics: list[str], baseline: str, dataset: str) 
                   "| framework | backbone | eval_dataset | difference | " + " | ".join(metrics) + " |",
                   "|" + "---|" * (4 + len(metrics)), *diffs]  # fmt: skip
     return "\n".join(lines + _provenance_lines(rows)) + "\n"
+
+
+def _budget(members: list[dict]) -> str:
+    """The training budget of a group of runs: steps, and epochs of the training videos when known."""
+    budgets = sorted({(m.get("steps"), m.get("epochs")) for m in members if m.get("steps") is not None})
+    return ", ".join(f"{steps} ({epochs:g})" if epochs is not None else str(steps) for steps, epochs in budgets) or "-"
+
+
+def scene_overlap_lines(config: dict, rows: list[dict]) -> list[str]:
+    """For evaluation datasets with class scenes (synthetic scene_bias or out-of-context twins): how many
+    test videos show the exact background of a training video (synthetic.scene_overlap)."""
+    from ..data.synthetic import scene_overlap
+
+    cells = []
+    for name in dict.fromkeys(r["eval_dataset"] for r in rows):
+        ds = config["datasets"][name]
+        if ds["source"] != "synthetic" or not (ds["synthetic"]["scene_bias"] > 0 or ds["split"] == "3"):
+            continue
+        counts = scene_overlap(ds["synthetic"], ds["seed"], ds["split"])
+        cells.append(f"{name} ({ds['synthetic']['scenes']} scenes, split {ds['split']}) {counts['shared']} of {counts['test_videos']} "
+                     f"({100 * counts['share']:.1f}%; same class {counts['same_class']}, other class {counts['other_class']})")
+    return ["- Test videos showing the exact background of a training video: " + "; ".join(cells)] if cells else []
 
 
 def _provenance_lines(rows: list[dict]) -> list[str]:

@@ -151,7 +151,8 @@ def data_content(dataset):
 
 def run_hash(wildcards):
     """The pretrain rule's parameter: the run's settings and its training data's content (config.run_hash)."""
-    return vc.run_hash(vc.pretrain_settings(config, run_of(wildcards)), data_content(wildcards.dataset))
+    content = data_content(wildcards.dataset)  # first: a budget in epochs is counted in the manifest, which is older
+    return vc.run_hash(vc.pretrain_settings(config, run_of(wildcards)), content)
 
 
 def features_hash(wildcards):
