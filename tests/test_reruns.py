@@ -154,10 +154,8 @@ def test_a_stage_run_by_hand_with_other_settings_is_not_taken_for_current(copy_o
     """`vididi pretrain --set pretrain.steps=1` replaces final.pt: Snakemake re-runs what reads it, and
     that stops with one line naming the file and the setting (before 0.2.0 the summary reported the
     1-step model under the 2-step config, then `snakemake -n` said "Nothing to be done")."""
-    config = sorted((copy_of / "results" / ".configs").glob("config-*.yaml"))[0]
-    env = tool_env(VIDIDI_CONFIG=str(config), PATH=f"{REPO / 'workflow' / 'bin'}{os.pathsep}{os.environ['PATH']}",
-                   VIDIDI_PYTHON=sys.executable)  # fmt: skip
-    hand = subprocess.run(["vididi", "pretrain", "--dataset", "synthetic", "--run", "vicreg-vididi-small3d-s0",
+    env = tool_env(PATH=f"{REPO / 'workflow' / 'bin'}{os.pathsep}{os.environ['PATH']}", VIDIDI_PYTHON=sys.executable)
+    hand = subprocess.run(["vididi", "pretrain", "--config", "config.yaml", "--dataset", "synthetic", "--run", "vicreg-vididi-small3d-s0",
                            "--set", "pretrain.steps=1"], cwd=copy_of, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert hand.returncode == 0, hand.stderr[-2000:]
     done = snakemake(copy_of, "--cores", "2", timeout=600)
