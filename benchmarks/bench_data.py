@@ -11,7 +11,7 @@ moving textured objects, sensor noise; x264 crf 23 with its default GOP) extract
     files with one ffmpeg per clip (-ss to the clip start, 18*stride frames, scale, rgb24), with as
     many ffmpeg processes in parallel as loader workers (decode only, no augmentation: generous).
     Targets: >= 200 samples/s on 2 cores and >= 10x the per-clip decode.
-    Baseline from the same run: the loader as it was before 0.3 (`PreviousTrainClips`: JPEG frames
+    Baseline from the same run: the loader as it was before 0.2.0 (`PreviousTrainClips`: JPEG frames
     stacked as (n, 3, H, W), i.e. transposed once when decoded and back when cropped, and every clip
     copied to a contiguous tensor before collation); the two loaders are timed alternately, best of
     --loader-repeats. The per-clip costs of each step (read + decode, augment) are given for both.
@@ -174,7 +174,7 @@ def extraction_seconds(config: dict) -> float:
 
 
 class PreviousTrainClips(TrainClips):
-    """The training loader before 0.3, kept as the same-run baseline: frames read as contiguous
+    """The training loader before 0.2.0, kept as the same-run baseline: frames read as contiguous
     (n, 3, H, W) (JPEG: a transposing copy of the decoder's (H, W, 3) output, undone by the crop's
     channels-last copy) and each augmented clip made contiguous before collation (a second copy).
     Its clips are bit-identical to TrainClips'."""
@@ -210,7 +210,7 @@ def loader_samples_per_second(index: DatasetIndex, augment: dict, workers: int, 
 
 
 def clip_costs_ms(index: DatasetIndex, augment: dict, clips: int = 40) -> dict[str, float]:
-    """One process, one thread: milliseconds per clip of each step, now and before 0.3: reading +
+    """One process, one thread: milliseconds per clip of each step, now and before 0.2.0: reading +
     decoding its frames (channels-last now, (n, 3, H, W) before), and augmenting it (before: from the
     (n, 3, H, W) frames, plus the contiguous copy of the result)."""
     torch.set_num_threads(1)
@@ -385,11 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         rate, ratio = loader_rate[enc], loader_rate[enc] / clip_rate
         ok = rate >= 200 and ratio >= 10
         before = before_rate[enc]
-        lines.append(f"  {f'loader before 0.3, {enc} shards (baseline)':<46}{before:>10.1f}{before / clip_rate:>9.1f}x")
+        lines.append(f"  {f'loader before 0.2.0, {enc} shards (baseline)':<46}{before:>10.1f}{before / clip_rate:>9.1f}x")
         lines.append(f"  {f'loader, {enc} shards':<46}{rate:>10.1f}{ratio:>9.1f}x{'>= 200/s, >= 10x':>18}{verdict(ok):>8}"
-                     f"   ({rate / before:.2f}x the loader before 0.3)")  # fmt: skip
+                     f"   ({rate / before:.2f}x the loader before 0.2.0)")  # fmt: skip
     lines += [
-        "  cost per clip in one process (1 thread), now (before 0.3): "
+        "  cost per clip in one process (1 thread), now (before 0.2.0): "
         + "; ".join(f"{enc}: read+decode {c['read']:.2f} ({c['read before']:.2f}) ms, augment {c['augment']:.2f} "
                     f"({c['augment before']:.2f}) ms" for enc, c in costs.items())
         + "; 200 samples/s on 2 cores leaves 1000 ms * 2 cores / (200 * 2 clips) = 5 ms per clip",

@@ -4,4 +4,4 @@ Importing the package is cheap (no torch): the Snakefile imports `vididi.config`
 only have Snakemake installed.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
