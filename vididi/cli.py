@@ -36,7 +36,10 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "summary": ("summary table of all runs of a dataset", ("dataset",)),
     "figures": ("figures of a dataset's runs", ("dataset", "figure")),
 }
-TORCH_STAGES = ("index", "pretrain", "features", "attention", "figures")  # set torch's thread count first
+# Stages that compute with torch (retrieval and the torch probe included): torch's thread count is set to
+# the config's `threads` first, so that the rounding, and the threads their outputs record, follow the
+# config rather than the machine's core count. The data stages before the index never load torch.
+NO_TORCH_STAGES = ("generate", "download", "manifest", "extract", "summary")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +155,7 @@ def _dispatch(args: argparse.Namespace, config: dict) -> None:
         applies = metric_stages(config, kwargs["eval_dataset"])
         if stage not in applies:
             raise VididiError(f"{stage} does not apply to {kwargs['eval_dataset']} (it has: {', '.join(applies)})")
-    if stage in TORCH_STAGES:
+    if stage not in NO_TORCH_STAGES:
         _torch_threads(config)
     importlib.import_module(f"{__package__}.stages.{stage}").main(config, **kwargs)
 
