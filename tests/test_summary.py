@@ -258,3 +258,20 @@ def test_a_result_computed_from_another_model_is_refused(results):
     path.write_text(json.dumps({**record, "inputs": {"run_hash": "somethingelse"}}))
     with pytest.raises(VididiError, match=r"retrieval-synthetic.json was made with other model"):
         write_summary(config, DS)
+
+
+def test_the_attention_share_comes_with_the_videos_it_averages_over(results):
+    """All-zero Grad-CAM maps have no share and are left out, so each model's object_attention is a mean
+    over its own videos: the table shows how many (attention_videos), as counts, not percentages."""
+    config, out = results
+    for seed, count in ((0, 90), (1, 94)):
+        path = out / "runs" / run_name("base", seed) / "metrics" / f"analysis-{DS}.json"
+        record = json.loads(path.read_text())
+        record["metrics"]["object_attention_videos"] = count
+        path.write_text(json.dumps(record))
+    write_summary(config, DS)
+    md = (out / "summary.md").read_text()
+    header = table_rows(md, "framework")[0]
+    column = header.index("attention_videos")
+    rows = {r[1]: r for r in table_rows(md, "vicreg") if r[1] in ("base", "vididi")}
+    assert rows["base"][column] == "92 ± 3" and rows["vididi"][column] == "-"  # std of 90, 94 = 2.83

@@ -113,7 +113,8 @@ def main(config: dict, run: cfgmod.Run, eval_dataset: str) -> Path:
             h5[key] = np.stack(figure[key])
     finite = [s for s in shares if np.isfinite(s)]
     metrics = {"silhouette": sil, "object_attention": float(np.mean(finite)) if finite else None,
-               "object_attention_uniform": float(np.mean(uniform)) if uniform else None}  # fmt: skip
+               "object_attention_uniform": float(np.mean(uniform)) if uniform else None,
+               "object_attention_videos": len(finite) if shares else None}  # fmt: skip
     protocol = {
         "silhouette": {"classes": [features["classes"][c] for c in top], "metric": "cosine",
                        "features": "full-dimensional test features", "n": int(keep.sum())},

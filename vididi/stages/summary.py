@@ -27,7 +27,9 @@ METRIC_COLUMNS = {  # metric file stem (layout.metrics_stem) -> (metric key -> c
     "probe": {"top1": "probe_top1", "top5": "probe_top5", "target_top1": "target_probe_top1"},
     "detection": {"mAP@0.5": "det_mAP@0.5", "mAP_mean": "det_mAP_mean"},
     "analysis": {"silhouette": "silhouette", "object_attention": "object_attention",
-                 "object_attention_uniform": "attention_uniform"},
+                 "object_attention_uniform": "attention_uniform",
+                 # the test videos the share averages over (all-zero maps have no share and are left out)
+                 "object_attention_videos": "attention_videos"},
 }
 # Columns that only mean something under a setting (the chance level of the probe-logit attention share;
 # configs/legacy-protocol.yaml turns it off, and the table keeps its pre-issue-13 columns).
@@ -135,31 +137,36 @@ def _group(rows: list[dict], keys: list[str]) -> dict[tuple, list[dict]]:
     return groups
 
 
-def _fmt(values: list[float], percent: bool) -> str:
+def _fmt(values: list[float], column: str) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "-"
-    scale, digits = (100.0, 1) if percent else (1.0, 3)  # raw scores (silhouette) need 3 decimals
+    scale, digits = _scale(column)
     mean = scale * float(np.mean(values))
     if len(values) > 1:
         return f"{mean:.{digits}f} ± {scale * float(np.std(values, ddof=1)):.{digits}f}"
     return f"{mean:.{digits}f}"
 
 
-def _is_percent(column: str) -> bool:
-    return column not in ("silhouette",)
+RAW_COLUMNS = {"silhouette": 3, "attention_videos": 0}  # not percentages: the decimals they are shown with
+
+
+def _scale(column: str) -> tuple[float, int]:
+    """(factor, decimals) of a column in summary.md: percentages x100 with 1 decimal, raw scores as they are."""
+    return (1.0, RAW_COLUMNS[column]) if column in RAW_COLUMNS else (100.0, 1)
 
 
 def markdown(rows: list[dict], metrics: list[str], baseline: str, dataset: str) -> str:
     keys = ["framework", "variant", "backbone", "eval_dataset"]
     lines = [f"# Results: pretrained on {dataset}", "",
-             "Metrics in % (silhouette: raw score); mean ± std over seeds when there are several.", "",
+             "Metrics in % (silhouette: raw score; attention_videos: the test videos the attention share averages over); "
+             "mean ± std over seeds when there are several.", "",
              "| " + " | ".join(keys + ["seeds"] + metrics + ["steps (epochs)", "pretrain s"]) + " |",
              "|" + "---|" * (len(keys) + len(metrics) + 3)]  # fmt: skip
     groups = _group(rows, keys)
     for key, members in groups.items():
         cells = [str(k) for k in key] + [str(len(members))]
-        cells += [_fmt([m.get(c) for m in members], _is_percent(c)) for c in metrics]
+        cells += [_fmt([m.get(c) for m in members], c) for c in metrics]
         cells.append(_budget(members))
         seconds = [m["pretrain_s"] for m in members if m.get("pretrain_s") is not None]
         cells.append(f"{np.mean(seconds):.0f}" if seconds else "-")
@@ -173,7 +180,7 @@ def markdown(rows: list[dict], metrics: list[str], baseline: str, dataset: str) 
         for c in metrics:
             a = [m.get(c) for m in members if m.get(c) is not None]
             b = [m.get(c) for m in base if m.get(c) is not None]
-            scale, digits = (100.0, 1) if _is_percent(c) else (1.0, 3)
+            scale, digits = _scale(c)
             cells.append(f"{scale * (np.mean(a) - np.mean(b)):+.{digits}f}" if a and b else "-")
         diffs.append("| " + " | ".join(cells) + " |")
     if diffs:
