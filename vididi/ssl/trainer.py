@@ -210,7 +210,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 class StopRequest:
     """Catches SIGTERM / SIGUSR1 while training: the loop finishes its step, saves and stops. Under DDP
-    the ranks agree (an all-reduce of the flag per step) so that every rank stops at the same step."""
+    the ranks agree on the step through an all-reduce of the flag, at logging steps only (an all-reduce
+    waits for the device: once per step would cost the trainer's speed; SLURM's warning comes minutes
+    before the limit)."""
 
     def __init__(self):
         self.signum = 0
@@ -228,8 +230,10 @@ class StopRequest:
     def _catch(self, signum, frame) -> None:
         self.signum = signum
 
-    def requested(self, world_size: int, device) -> bool:
+    def requested(self, world_size: int, device, agree: bool) -> bool:
         if world_size > 1:
+            if not agree:
+                return False
             flag = torch.tensor([self.signum], dtype=torch.int64, device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             self.signum = int(flag)
@@ -316,7 +320,7 @@ def _pretrain(config: dict, run: cfgmod.Run, rank: int, world_size: int) -> Path
             if logger:
                 logger.add(step, loss, terms, pair, lr)
             done = step + 1
-            stopping = stop.requested(world_size, device)
+            stopping = stop.requested(world_size, device, agree=done % pre["log_every"] == 0)
             checkpoint = done % pre["checkpoint_every"] == 0 or done == total or stopping
             if done % pre["log_every"] == 0 or checkpoint:
                 rows = logger.flush(seconds=time.time() - tick) if logger else []
