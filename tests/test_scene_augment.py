@@ -91,7 +91,7 @@ def test_only_the_frames_view_is_augmented(order):
     vars(trainer).update(device=torch.device("cpu"), mean=torch.zeros(3), dtype=torch.float32,
                          memory_format=torch.contiguous_format,
                          inp=StepInput([0.0] * 3, [1.0] * 3, frames=4, scaling="none"))  # fmt: skip
-    trainer.frames_augment = None
+    trainer.augment = trainer.frames_augment = None  # host-side augmentation, no scene augmentation
     plain = trainer.view(clips, colour, order, step=0, stream=0)
     trainer.frames_augment = FramesViewAugment({**OFF, "fame": {"p": 1.0, "foreground": 0.3}}, seed=0)
     augmented = trainer.view(clips, colour, order, step=0, stream=0)
