@@ -85,7 +85,7 @@ def test_pretrain_rule_launches_multi_node_runs_through_srun():
     cfg = resolve({})
     assert cfg["pretrain"]["nodes"] == 1
     common = (REPO / "workflow" / "rules" / "common.smk").read_text()
-    assert 'launcher_command(config["pretrain"]["gpus"], config["pretrain"]["nodes"], _python())' in common
+    assert 'launcher_command(config["pretrain"]["gpus"], config["pretrain"]["nodes"], _python(), stage)' in common
 
 
 # --------------------------------------------------------------------------------------------------

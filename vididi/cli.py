@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+from . import __version__
 from .names import FIGURES, METRIC_STAGES
 from .utils import VididiError, get_logger
 
@@ -28,17 +29,21 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "pretrain": ("pretrain one run (resumes from its last checkpoint)", ("run",)),
     "features": ("extract frozen features of one run on one evaluation dataset", ("run", "eval_dataset")),
     "retrieval": ("kNN video retrieval (Recall@k)", ("run", "eval_dataset")),
-    "probe": ("linear probe (top-1 / top-5)", ("run", "eval_dataset")),
+    "probe": ("linear probe (top-1 / top-5)", ("run", "eval_dataset", "label_fraction")),
     "detection": ("temporal action detection (mAP at tIoU 0.3:0.7)", ("run", "eval_dataset")),
     "attention": ("silhouette, Grad-CAM attention maps and object-attention share", ("run", "eval_dataset")),
+    "finetune": ("fine-tune a run's encoder end to end with a new linear head (top-1 / top-5; resumable)",
+                 ("run", "eval_dataset", "label_fraction")),
+    "export": ("write a run's encoder as a plain (torchvision-format) state dict with a JSON card", ("run",)),
     "summary": ("summary table of all runs of a dataset", ("dataset",)),
     "figures": ("figures of a dataset's runs", ("dataset", "figure")),
 }
-TORCH_STAGES = ("index", "pretrain", "features", "attention", "figures")  # set torch's thread count first
+TORCH_STAGES = ("index", "pretrain", "features", "attention", "finetune", "export", "figures")  # set torch's thread count first
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vididi", description="ViDiDi pipeline stages (see README.md and docs/design.md)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (help_text, extra) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -58,9 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--run", "--run-name", dest="run", required=True, help="run name, e.g. vicreg-vididi-small3d-s0")
         if "eval_dataset" in extra:
             p.add_argument("--eval-dataset", required=True)
+        if "label_fraction" in extra:
+            p.add_argument("--label-fraction", type=_fraction, default=1.0, metavar="F",
+                           help="use this share of the labelled train videos, per class (default 1: all; evaluation.label_fractions)")
         if "figure" in extra:
             p.add_argument("--figure", required=True, choices=FIGURES)
     return parser
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +123,11 @@ def _dispatch(args: argparse.Namespace, config: dict) -> None:
         applies = metric_stages(config, kwargs["eval_dataset"])
         if stage not in applies:
             raise VididiError(f"{stage} does not apply to {kwargs['eval_dataset']} (it has: {', '.join(applies)})")
+    if stage == "finetune":
+        from .config import has_trimmed
+
+        if not has_trimmed(config, kwargs["eval_dataset"]):
+            raise VididiError(f"finetune needs labelled clips; {kwargs['eval_dataset']} has none")
     if stage in TORCH_STAGES:
         _torch_threads(config)
     importlib.import_module(f"{__package__}.stages.{stage}").main(config, **kwargs)

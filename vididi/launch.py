@@ -79,16 +79,16 @@ def torchrun_args(nproc_per_node: int, env: Mapping[str, str]) -> list[str]:
     ]  # fmt: skip
 
 
-def launcher_command(gpus: int, nodes: int, python: str = "python") -> str:
-    """The shell command the pretrain rule starts `vididi pretrain` with (its arguments follow);
-    "" for one process (the caller's plain stage command). `python`: the stages' interpreter."""
+def launcher_command(gpus: int, nodes: int, python: str = "python", stage: str = "pretrain") -> str:
+    """The shell command the pretrain (or finetune) rule starts `vididi <stage>` with (its arguments
+    follow); "" for one process (the caller's plain stage command). `python`: the stages' interpreter."""
     if nodes > 1:
         return (
             f"srun --nodes {nodes} --ntasks {nodes} --ntasks-per-node 1 --kill-on-bad-exit=1 "
-            f"{python} -m vididi.launch --nproc-per-node {max(gpus, 1)} pretrain"
+            f"{python} -m vididi.launch --nproc-per-node {max(gpus, 1)} {stage}"
         )
     if gpus > 1:
-        return f"{python} -m torch.distributed.run --standalone --nproc_per_node {gpus} -m vididi.cli pretrain"
+        return f"{python} -m torch.distributed.run --standalone --nproc_per_node {gpus} -m vididi.cli {stage}"
     return ""
 
 

@@ -28,11 +28,12 @@ from .shards import DatasetIndex, FrameReader
 
 class TrainClips(Dataset):
     """Items are (video row, RNG key) pairs from `StepBatches`; returns
-    (clip1, clip2, colour1, colour2, label)."""
+    (clip1, clip2, colour1, colour2, label). Fine-tuning asks for `views=1` clip of T frames
+    (`extra_frames=0`: order 0 only) and gets (clip, colour, label)."""
 
-    def __init__(self, index: DatasetIndex, clips: dict, augment: dict):
+    def __init__(self, index: DatasetIndex, clips: dict, augment: dict, views: int = 2, extra_frames: int = 2):
         self.index, self.reader = index, FrameReader(index)
-        self.length, self.stride = clips["frames"] + 2, clips["stride"]
+        self.length, self.stride, self.views = clips["frames"] + extra_frames, clips["stride"], views
         self.augment = ClipAugment(augment, clips["size"])
 
     def __len__(self) -> int:
@@ -43,12 +44,12 @@ class TrainClips(Dataset):
         rng = np.random.default_rng(key)
         n = int(self.index.n_frames[video])
         clips, colours = [], []
-        for _ in range(2):  # independent start time and augmentation per clip
+        for _ in range(self.views):  # independent start time and augmentation per clip
             frames = clip_frame_numbers(n, self.length, self.stride, rng=rng)
             clip, colour = self.augment(self.reader.read(video, frames), rng)
             clips.append(clip)
             colours.append(torch.from_numpy(colour))
-        return clips[0], clips[1], colours[0], colours[1], int(self.index.label[video])
+        return *clips, *colours, int(self.index.label[video])
 
 
 class StepBatches(Sampler):

@@ -20,7 +20,7 @@ def settings(config: dict, run: cfgmod.Run, eval_dataset: str, features: dict) -
     return {
         "run": run.name, "eval_dataset": eval_dataset,
         "pretrain_hash": cfgmod.settings_hash(cfgmod.pretrain_settings(config, run)),
-        "clips": config["datasets"][eval_dataset]["clips"], "evaluation": config["evaluation"],
+        "clips": config["datasets"][eval_dataset]["clips"], "evaluation": cfgmod.evaluation_section(config),
         "bn_recalibrated": bool(features["attrs"]["bn_recalibrated"]),
     }  # fmt: skip
 

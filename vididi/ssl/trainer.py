@@ -46,7 +46,7 @@ from ..data.shards import DatasetIndex
 from ..utils import VididiError, atomic_path, code_version, get_logger, machine, progress, write_json
 from .derivatives import derivative_view
 from .distributed import convert_sync_batchnorm, is_main, world
-from .encoder import resolve_device
+from .encoder import DEFAULT_SCALING, encoder_from_file, read_encoder_file, resolve_device
 from .frameworks import Framework, build_framework
 from .models import build_backbone
 from .schedule import BalancedSchedule
@@ -102,14 +102,23 @@ def compile_model(model: torch.nn.Module, device: torch.device, switch="auto") -
     return names
 
 
-def make_optimizer(model: torch.nn.Module, pretrain: dict, device: torch.device | str = "cpu") -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, pretrain: dict, device: torch.device | str = "cpu",
+                   encoder_lr_ratio: float = 1.0) -> torch.optim.Optimizer:  # fmt: skip
     """AdamW or SGD; no weight decay on biases and normalisation parameters (1-d tensors). AdamW uses
-    the fused kernel when `pretrain.fused_optimizer` says so (auto: on CUDA; same state_dict)."""
+    the fused kernel when `pretrain.fused_optimizer` says so (auto: on CUDA; same state_dict).
+    With `encoder_lr_ratio` != 1 (fine-tuning) the parameters of `model.encoder` learn at
+    lr * encoder_lr_ratio; the other parameters (the head) come first, so group 0 holds the head's lr."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": pretrain["weight_decay"]},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-    ]
+    if encoder_lr_ratio == 1.0:
+        parts = [(params, pretrain["lr"])]
+    else:
+        in_encoder = {id(p) for p in model.encoder.parameters()}
+        parts = [([p for p in params if id(p) not in in_encoder], pretrain["lr"]),
+                 ([p for p in params if id(p) in in_encoder], pretrain["lr"] * encoder_lr_ratio)]  # fmt: skip
+    groups = [group for part, lr in parts for group in (
+        {"params": [p for p in part if p.ndim > 1], "weight_decay": pretrain["weight_decay"], "lr": lr},
+        {"params": [p for p in part if p.ndim <= 1], "weight_decay": 0.0, "lr": lr},
+    )]  # fmt: skip
     if pretrain["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=pretrain["lr"], momentum=pretrain["momentum"])
     fused = on_cuda_when_auto(pretrain.get("fused_optimizer", "auto"), device)
@@ -165,7 +174,7 @@ class Trainer:
         averaged over processes under DDP (BYOL and supervised losses are per-rank means)."""
         v1, v2, pair = self.views(batch, step)
         with self.autocast:
-            loss, terms = self.model(v1, v2, batch[4].to(self.device, non_blocking=True))
+            loss, terms = self.model(v1, v2, batch[-1].to(self.device, non_blocking=True))  # labels come last
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip:
@@ -188,9 +197,13 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
     settings_hash = cfgmod.settings_hash(settings)
     out_dir = layout.run_dir(config, run)
     ckpt_dir = layout.checkpoint_dir(config, run)
-    rank, world_size = _init_distributed()
-    device = _rank_device(config["device"], rank)
+    rank, world_size = init_distributed()
+    device = rank_device(config["device"], rank)
     index = DatasetIndex.for_dataset(config, run.dataset)
+    if run.framework == cfgmod.EXTERNAL:  # an encoder file from elsewhere becomes final.pt: no training
+        if is_main():
+            _import_external(config, run, settings, settings_hash, index, device)
+        return layout.final_checkpoint(config, run)
     # (settings omit the keys that do not change weights, and carry a variant's pretrain overrides)
     clips_cfg, pre = settings["clips"], {**config["pretrain"], **settings["pretrain"]}
     model = build_model(settings, num_classes=len(index.classes)).to(device)
@@ -214,9 +227,7 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, pre["warmup_steps"], pre["min_lr_ratio"])
     )
-    start_step, segments = _resume(ckpt_dir, settings_hash, total, model, optimizer, scheduler)
-    segment = {"from_step": start_step, "to_step": start_step, "seconds": 0.0, "code": code_version()}
-    segments.append(segment)
+    start_step, segments = resume_checkpoint(ckpt_dir, settings_hash, total, model, optimizer, scheduler)
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -233,10 +244,29 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
         raise VididiError(f"{run.dataset}: {len(train_videos)} training videos, fewer than batch_size={pre['batch_size']}")
     sampler = StepBatches(train_videos, pre["batch_size"], run.seed, start_step, total, rank, world_size)
     batches = loader(TrainClips(index, clips_cfg, settings["augment"]), pre["num_workers"], batch_sampler=sampler)
+    logger = TrainLog(layout.train_log(config, run), start_step, len(train_videos), pre["batch_size"]) if is_main() else None
+    train_loop(trainer, batches, start_step, segments, ckpt_dir, settings_hash, logger, pre, run.name, started)
+    if is_main():
+        core = model.module if hasattr(model, "module") else model
+        _write_final(layout.final_checkpoint(config, run), core, settings, settings_hash, index, steps=total)
+        _write_info(out_dir, settings, steps=total, wall=sum(s["seconds"] for s in segments), device=device,
+                    world_size=world_size, segments=segments)
+    finish_distributed()
+    return layout.final_checkpoint(config, run)
 
-    logger = _TrainLog(layout.train_log(config, run), start_step, len(train_videos), pre["batch_size"]) if is_main() else None
-    model.train()
-    bar = progress(total=total, initial=start_step, desc=run.name, unit="step", **({} if is_main() else {"disable": True}))
+
+def train_loop(trainer: Trainer, batches, start_step: int, segments: list[dict], ckpt_dir: Path, settings_hash: str,
+               logger: TrainLog | None, every: dict, desc: str, started: float) -> None:  # fmt: skip
+    """Steps `start_step`..`trainer.total_steps` (pretraining and fine-tuning alike): log every
+    `every["log_every"]` steps, stop on a non-finite loss, write last.pt atomically every
+    `every["checkpoint_every"]` steps and at the end. Appends this segment of the training to
+    `segments` (its seconds counted from `started`)."""
+    total = trainer.total_steps
+    optimizer, scheduler = trainer.optimizer, trainer.scheduler
+    segment = {"from_step": start_step, "to_step": start_step, "seconds": 0.0, "code": code_version()}
+    segments.append(segment)
+    trainer.model.train()
+    bar = progress(total=total, initial=start_step, desc=desc, unit="step", **({} if is_main() else {"disable": True}))
     tick = time.time()
     for step, batch in enumerate(batches, start=start_step):
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
@@ -244,8 +274,8 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
         if logger:
             logger.add(step, loss, terms, pair, lr)
         done = step + 1
-        checkpoint = done % pre["checkpoint_every"] == 0 or done == total
-        if done % pre["log_every"] == 0 or checkpoint:
+        checkpoint = done % every["checkpoint_every"] == 0 or done == total
+        if done % every["log_every"] == 0 or checkpoint:
             rows = logger.flush(seconds=time.time() - tick) if logger else []
             tick = time.time()
             _check_finite(rows, loss, step, pair, ckpt_dir)
@@ -256,23 +286,21 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
         if checkpoint:
             segment.update(to_step=done, seconds=round(time.time() - started, 1))
             if is_main():
-                _save_checkpoint(ckpt_dir / layout.LAST_CHECKPOINT, done, model, optimizer, scheduler, settings_hash, segments)
-            if world_size > 1:
+                _save_checkpoint(ckpt_dir / layout.LAST_CHECKPOINT, done, trainer.model, optimizer, scheduler, settings_hash, segments)
+            if world()[1] > 1:
                 dist.barrier()
     bar.close()
-    if is_main():
-        core = model.module if hasattr(model, "module") else model
-        _write_final(layout.final_checkpoint(config, run), core, settings, settings_hash, index, steps=total)
-        segment.update(to_step=total, seconds=round(time.time() - started, 1))
-        _write_info(out_dir, settings, steps=total, wall=sum(s["seconds"] for s in segments), device=device,
-                    world_size=world_size, segments=segments)
-    if world_size > 1:
+    segment.update(to_step=total, seconds=round(time.time() - started, 1))
+
+
+def finish_distributed() -> None:
+    """Wait for every process, then leave the process group (nothing without torchrun)."""
+    if world()[1] > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return layout.final_checkpoint(config, run)
 
 
-def _init_distributed() -> tuple[int, int]:
+def init_distributed() -> tuple[int, int]:
     """Join the process group torchrun describes in the environment; (0, 1) without torchrun."""
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -280,7 +308,7 @@ def _init_distributed() -> tuple[int, int]:
     return world()
 
 
-def _rank_device(name: str, rank: int) -> torch.device:
+def rank_device(name: str, rank: int) -> torch.device:
     device = resolve_device(name)
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", 0))
@@ -299,12 +327,12 @@ def _check_finite(rows: list[dict], loss: torch.Tensor, step: int, pair, ckpt_di
         )
 
 
-class _TrainLog:
+class TrainLog:
     """train_log.csv: one row per step. Losses stay on the device until a flush (one sync per
     `log_every` steps, not per step); a resumed run first drops rows past its checkpoint."""
 
-    def __init__(self, path: Path, start_step: int, n_videos: int, batch_size: int):
-        self.path, self.n_videos, self.batch_size = path, n_videos, batch_size
+    def __init__(self, path: Path, start_step: int, n_videos: int, batch_size: int, clips_per_sample: int = 2):
+        self.path, self.n_videos, self.batch_size, self.clips_per_sample = path, n_videos, batch_size, clips_per_sample
         self.pending: list[tuple] = []
         self.header: list[str] | None = None
         if path.is_file():
@@ -323,7 +351,7 @@ class _TrainLog:
         """Append the pending steps (with the clip rate over `seconds`) to the CSV; return them."""
         if not self.pending:
             return []
-        rate = round(2 * self.batch_size * len(self.pending) / max(seconds, 1e-9), 1)
+        rate = round(self.clips_per_sample * self.batch_size * len(self.pending) / max(seconds, 1e-9), 1)
         rows = [
             {"step": step, "epoch": step * self.batch_size // self.n_videos, "loss": float(loss),
              **{k: float(v) for k, v in terms.items()}, "pair": f"{pair[0]}{pair[1]}", "lr": lr, "clips_per_s": rate}
@@ -356,7 +384,7 @@ def _save_checkpoint(path: Path, step: int, model, optimizer, scheduler, setting
         torch.save(state, tmp)
 
 
-def _resume(ckpt_dir: Path, settings_hash: str, total: int, model, optimizer, scheduler) -> tuple[int, list[dict]]:
+def resume_checkpoint(ckpt_dir: Path, settings_hash: str, total: int, model, optimizer, scheduler) -> tuple[int, list[dict]]:
     """(step to start from, earlier segments of this training): resume from last.pt when it is an
     unfinished training with these settings; a finished one (a forced re-run) starts over."""
     path = ckpt_dir / layout.LAST_CHECKPOINT
@@ -404,21 +432,43 @@ def _unused_path(path: Path) -> Path:
     return candidate
 
 
-def _write_final(path: Path, model, settings: dict, settings_hash: str, index: DatasetIndex, steps: int) -> None:
-    """The trained encoder and what evaluation needs to use it (loads with weights_only=True)."""
+def _write_final(path: Path, model, settings: dict, settings_hash: str, index: DatasetIndex | None, steps: int,
+                 stats: dict | None = None, source: dict | None = None) -> None:  # fmt: skip
+    """The trained encoder and what evaluation needs to use it (loads with weights_only=True): its
+    backbone, the dataset statistics and derivative scaling its inputs are normalised with (`stats`
+    replaces the index's), and for an external run where it came from."""
     encoder = model.encoder if hasattr(model, "encoder") else model
     state = {
         "encoder": {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()},
         "backbone": json.dumps(settings["backbone"]),
         "settings_hash": settings_hash,
         "steps": steps,
-        "stats": json.dumps(index.stats),
+        "stats": json.dumps(stats or index.stats),
+        "scaling": settings.get("variant", {}).get("scaling", DEFAULT_SCALING),
     }
+    if source:
+        state["source"] = json.dumps(source)
     target = getattr(model, "target_encoder", None)  # BYOL: the EMA target, for `evaluation.target_encoder`
     if target is not None:
         state["target_encoder"] = {k: v.detach().cpu().contiguous() for k, v in target.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def _import_external(config: dict, run: cfgmod.Run, settings: dict, settings_hash: str, index: DatasetIndex, device) -> None:
+    """An external run's final.pt from its `checkpoint`: a vididi final.pt or exported encoder keeps
+    its normalisation; a bare state dict is normalised with the run's dataset statistics and the
+    default scaling. Keys that do not fit the backbone end in one line that lists them."""
+    started = time.time()
+    path = Path(run.checkpoint)
+    file = read_encoder_file(path)
+    encoder = encoder_from_file(file, path, settings["backbone"])
+    scaling = file.scaling or DEFAULT_SCALING
+    source = {"path": str(path), "kind": file.kind, "normalisation": "the file's" if file.stats else f"{run.dataset}'s"}
+    _write_final(layout.final_checkpoint(config, run), encoder, {**settings, "variant": {"scaling": scaling}},
+                 settings_hash, index, steps=0, stats=file.stats, source=source)  # fmt: skip
+    _write_info(layout.run_dir(config, run), settings, steps=0, wall=time.time() - started, device=device, world_size=1)
+    log.info("%s: imported %s (%s) as %s", run.name, path, file.kind, layout.final_checkpoint(config, run))
 
 
 def _write_info(out_dir: Path, settings: dict, steps: int, wall: float, device, world_size: int,

@@ -111,14 +111,8 @@ def eval_hash(wildcards):
 
 
 def metric_files(dataset):
-    """Every metric file (analysis included) of the runs pretrained on `dataset`."""
-    return [
-        L.metrics_file(config, run, stage, eval_dataset)
-        for run in RUNS
-        if run.dataset == dataset
-        for eval_dataset in run.eval_datasets
-        for stage in vc.metric_stages(config, eval_dataset) + (["attention"] if vc.has_trimmed(config, eval_dataset) else [])
-    ]
+    """Every metric file (analysis, label fractions and fine-tuning included) of the runs pretrained on `dataset`."""
+    return [path for run in RUNS if run.dataset == dataset for path in run_metric_files(run)]
 
 
 def all_outputs():
@@ -145,16 +139,55 @@ def shard_files(wildcards):
     return [L.shard_file(config, wildcards.dataset, i) for i in range(n_shards)]
 
 
-def pretrain_launcher(wildcards):
-    """`vididi pretrain`; torchrun with one process per GPU when a run asks for several; srun + one
-    torchrun per node at a c10d rendezvous when it asks for several nodes (vididi/launch.py)."""
+def launcher(stage):
+    """`vididi <stage>` (pretrain, finetune); torchrun with one process per GPU when a run asks for
+    several; srun + one torchrun per node at a c10d rendezvous when it asks for several nodes
+    (vididi/launch.py)."""
     from vididi.launch import launcher_command
 
     if config["pretrain"]["nodes"] > 1 and DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method:
         # srun must start one container per node from the host; the rule's shell already runs inside one
         raise WorkflowError("vididi: pretrain.nodes > 1 does not run under --use-singularity (srun is not in the "
                             "image); run multi-node pretraining with the host environment (docs/deployment.md)")
-    return launcher_command(config["pretrain"]["gpus"], config["pretrain"]["nodes"], _python()) or vididi("pretrain")
+    return launcher_command(config["pretrain"]["gpus"], config["pretrain"]["nodes"], _python(), stage) or vididi(stage)
+
+
+def final_inputs(wildcards):
+    """What a run's final.pt is made from: the pretraining dataset's index, and for an external run its
+    encoder file (with the card of an exported one; a file this workflow exports comes from the export rule)."""
+    run = run_of(wildcards)
+    out = {"index": L.index_file(config, run.dataset), "info": L.info_file(config, run.dataset)}
+    if run.framework == vc.EXTERNAL:
+        path, card = Path(run.checkpoint), L.export_card(run.checkpoint)
+        exported = any(L.export_file(config, r).resolve() == path.resolve() for r in RUNS if r.framework != vc.EXTERNAL)
+        out["checkpoint"] = [path] + ([card] if exported or card.is_file() else [])
+    return out
+
+
+def finetune_inputs(wildcards):
+    """A fine-tuning starts from the run's final.pt, recalibrated on its pretraining dataset."""
+    run = run_of(wildcards)
+    return {"checkpoint": L.final_checkpoint(config, run), "index": L.index_file(config, wildcards.eval_dataset),
+            "train_index": L.index_file(config, run.dataset)}
+
+
+def label_fraction_inputs(wildcards):
+    """The probe on part of the labels reads the features; fine-tuning, what fine-tuning reads."""
+    if wildcards.stage == "probe":
+        return {"features": L.features_file(config, run_of(wildcards), wildcards.eval_dataset)}
+    return finetune_inputs(wildcards)
+
+
+def label_fraction_settings(wildcards):
+    fraction = float(wildcards.fraction)
+    if wildcards.stage == "probe":
+        return vc.settings_hash([eval_hash(wildcards), vc.label_subset_settings(config, fraction)])
+    return vc.settings_hash(vc.finetune_settings(config, run_of(wildcards), wildcards.eval_dataset, fraction))
+
+
+def run_metric_files(run):
+    """Every metric file the config asks of `run` (metric stages, attention, label fractions, fine-tuning)."""
+    return [L.metrics_file(config, run, stage, eval_dataset, fraction) for stage, eval_dataset, fraction in vc.run_evaluations(config, run)]
 
 
 def figure_inputs(wildcards):
@@ -162,7 +195,7 @@ def figure_inputs(wildcards):
     dataset, name = wildcards.dataset, wildcards.figure
     if name == "derivatives":
         return [L.index_file(config, dataset)]
-    if name == "bars":
+    if name in ("bars", "label_efficiency"):
         return [L.summary_file(config, dataset, ".csv")]
     if name == "curves":
         return [L.final_checkpoint(config, r) for r in RUNS if r.dataset == dataset]
@@ -178,4 +211,5 @@ FIGURE_CAPTIONS = {
     "attention": "Grad-CAM attention of the encoder's last block: frames | baseline | ViDiDi (paper Fig. 5).",
     "curves": "Training loss and its terms per framework; baseline dashed, ViDiDi solid.",
     "bars": "Retrieval R@1, linear-probe top-1 and detection mAP@0.5 on the test split, baseline vs ViDiDi.",
+    "label_efficiency": "Top-1 on the test split against the share of labelled training videos, for the linear probe and end-to-end fine-tuning: baseline, ViDiDi and the random initialisation (frozen: the floor; fine-tuned: the scratch baseline); mean ± sd over seeds.",
 }
