@@ -366,3 +366,16 @@ def test_version():
 
     done = subprocess.run([sys.executable, "-m", "vididi.cli", "--version"], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0 and done.stdout.strip() == f"vididi {__version__}"
+
+
+def test_citation_cites_the_paper_and_the_software():
+    import yaml
+
+    from vididi import __version__
+
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software" and cff["version"] == __version__
+    paper = cff["preferred-citation"]
+    assert paper["title"] == "Unfolding Videos Dynamics via Taylor Expansion" and paper["year"] == 2024
+    assert [a["family-names"] for a in paper["authors"]] == ["Chen", "Choi", "Zhao", "Han", "Qu", "Liu"]
+    assert "2409.02371" in paper["url"]
