@@ -41,7 +41,8 @@ DOC_RESULTS = default:results/synthetic full:results/full/synthetic validation:r
   byol-tuning:results/byol-tuning/synthetic byol:results/byol/synthetic \
   supervised-ceiling:results/supervised-ceiling/synthetic \
   scene-bias-p0:results/scene-bias/sb0 scene-bias-p50:results/scene-bias/sb50 \
-  scene-bias-p90:results/scene-bias/sb90 bn-recalibration:results/bn-recalibration/sb0
+  scene-bias-p90:results/scene-bias/sb90 bn-recalibration:results/bn-recalibration/sb0 \
+  finetune:results/finetune/synthetic
 docs:
 	@set -e; for pair in $(DOC_RESULTS); do \
 	  name=$${pair%%:*}; src=$${pair#*:}; \

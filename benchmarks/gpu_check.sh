@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 15's GPU figures in one short run, for a session that is lent a GPU (none was when this was
-# written, so nothing here has run on a GPU yet). About 5-8 minutes on one H200, most of it compiling.
+# written, so nothing here has run on a GPU yet), and the cost of a fine-tuning epoch. About 6-9 minutes on one
+# H200, most of it compiling.
 #   bash benchmarks/gpu_check.sh [outdir]
 set -euo pipefail
 out=${1:-${OUT:-/tmp/vididi-gpu-check}}
@@ -14,3 +15,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 "$py" benchmarks/bench_decode.py 2>&1 | tee "$out/bench_decode.txt"
 # 3. retrieval on the GPU's host memory and CPUs (the GPU path is the same code with device=cuda)
 "$py" benchmarks/bench_retrieval.py --sizes 10000,100000 --queries 256 2>&1 | tee "$out/bench_retrieval.txt"
+# 4. the cost of one fine-tuning epoch of R3D-18 on UCF101 (9,537 videos, 16x112x112), bf16, batch 32:
+#    time extrapolated from 20 timed steps, peak GPU memory measured
+"$py" benchmarks/bench_finetune.py --device cuda --batch 32 --steps 20 --warmup 3 --threads 16 2>&1 \
+    | tee "$out/bench_finetune_r3d18_b32.txt"
