@@ -14,8 +14,9 @@ What is checked, and against what:
 - bare torchvision-format state dicts import (fc.* ignored); keys that do not fit give one line that
   lists them;
 - fine-tuning lowers its loss, and a `vididi finetune` killed with SIGKILL resumes to the weights of an
-  uninterrupted run, bit for bit (dropout on);
-- `vididi --version`.
+  uninterrupted run, bit for bit (dropout on); a half-finished one is set aside when the run's weights
+  change (its resume key holds the pretraining settings, its metric file's settings do not);
+- `vididi --version`; CITATION.cff cites the paper and this version.
 """
 
 from __future__ import annotations
@@ -330,6 +331,28 @@ def test_sigkilled_finetune_resumes_to_the_uninterrupted_weights(tmp_path, tiny_
         layout.read_metrics(layout.metrics_file(straight, run, "finetune", DS, 0.5))
     segments = json.loads(layout.metrics_file(config, run, "finetune", DS, 0.5).read_text())["protocol"]["segments"]
     assert [(s["from_step"], s["to_step"]) for s in segments] == [(0, killed_at), (killed_at, 16)]
+
+
+def test_an_unfinished_finetune_resumes_only_from_the_same_start(tmp_path, tiny_data):
+    """A half-finished fine-tuning is resumed with the same weights to start from, and set aside when the
+    run's weights change (here: its pretraining settings), though the fine-tuning settings do not."""
+    runs = [{"dataset": DS, "framework": "random", "variant": "base", "seed": 1}]
+    config = make_config(tmp_path, tiny_data, runs)
+    (run,) = vc.expand_runs(config)
+    pretrain.main(config, run)
+    finetune.main(config, run, DS)
+    last = layout.finetune_checkpoint_dir(config, run, DS) / layout.LAST_CHECKPOINT
+    state = torch.load(last, map_location="cpu", weights_only=True)
+
+    def segments(config: dict) -> list[tuple[int, int]]:
+        torch.save({**state, "step": 4}, last)  # as if killed after step 4 of 6
+        finetune.main(config, run, DS)
+        return [(s["from_step"], s["to_step"]) for s in protocol(config, run, "finetune", 1.0)["segments"]]
+
+    assert segments(config) == [(0, 6), (4, 6)]  # resumed
+    other = make_config(tmp_path, tiny_data, runs, pretrain={"steps": 4, "num_workers": 0, "lr": 0.5})
+    assert vc.finetune_settings(other, run, DS) == vc.finetune_settings(config, run, DS)
+    assert segments(other) == [(0, 6)]  # another start: set aside, trained from step 0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -101,7 +101,9 @@ def finetune(config: dict, run: cfgmod.Run, eval_dataset: str, fraction: float =
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, ft["warmup_steps"], ft["min_lr_ratio"])
     )
-    start_step, segments = resume_checkpoint(ckpt_dir, settings_hash, total, model, optimizer, scheduler)
+    # resume only a fine-tuning of the same start: the run's weights are an input file, not in `settings`
+    resume_hash = cfgmod.settings_hash([settings_hash, cfgmod.settings_hash(cfgmod.pretrain_settings(config, run))])
+    start_step, segments = resume_checkpoint(ckpt_dir, resume_hash, total, model, optimizer, scheduler)
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     stats, scaling = frame_encoder.stats, frame_encoder.scaling
@@ -112,7 +114,7 @@ def finetune(config: dict, run: cfgmod.Run, eval_dataset: str, fraction: float =
     batches = loader(clips, ft["num_workers"], batch_sampler=sampler)
     log_path = layout.finetune_log(config, run, eval_dataset, fraction)
     logger = TrainLog(log_path, start_step, len(subset), ft["batch_size"], clips_per_sample=1) if is_main() else None
-    train_loop(trainer, batches, start_step, segments, ckpt_dir, settings_hash, logger, ft,
+    train_loop(trainer, batches, start_step, segments, ckpt_dir, resume_hash, logger, ft,
                f"finetune {run.name} {eval_dataset}", started)  # fmt: skip
     result = None
     if is_main():
