@@ -51,7 +51,9 @@ DOC_RESULTS = default:results/synthetic full:results/full/synthetic validation:r
   supervised-ceiling:results/supervised-ceiling/synthetic \
   scene-bias-p0:results/scene-bias/sb0 scene-bias-p50:results/scene-bias/sb50 \
   scene-bias-p90:results/scene-bias/sb90 bn-recalibration:results/bn-recalibration/sb0 \
-  scene-style-p50:results/scene-style/ss50 scene-style-p90:results/scene-style/ss90
+  scene-style-p50:results/scene-style/ss50 scene-style-p90:results/scene-style/ss90 \
+  finetune:results/finetune/synthetic \
+  threads-check-t1:results/threads-check/t1/synthetic threads-check-t2:results/threads-check/t2/synthetic
 docs:
 	@set -e; for pair in $(DOC_RESULTS); do \
 	  name=$${pair%%:*}; src=$${pair#*:}; \

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import utils
+from . import __version__, utils
 from .names import FIGURES, METRIC_STAGES
 from .utils import VididiError, get_logger, image_pins_mismatch
 
@@ -30,9 +30,12 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "pretrain": ("pretrain one run (resumes from its last checkpoint)", ("run",)),
     "features": ("extract frozen features of one run on one evaluation dataset", ("run", "eval_dataset")),
     "retrieval": ("kNN video retrieval (Recall@k)", ("run", "eval_dataset")),
-    "probe": ("linear probe (top-1 / top-5)", ("run", "eval_dataset")),
+    "probe": ("linear probe (top-1 / top-5)", ("run", "eval_dataset", "label_fraction")),
     "detection": ("temporal action detection (mAP at tIoU 0.3:0.7)", ("run", "eval_dataset")),
     "attention": ("silhouette, Grad-CAM attention maps and object-attention share", ("run", "eval_dataset")),
+    "finetune": ("fine-tune a run's encoder end to end with a new linear head (top-1 / top-5; resumable)",
+                 ("run", "eval_dataset", "label_fraction")),
+    "export": ("write a run's encoder as a plain (torchvision-format) state dict with a JSON card", ("run",)),
     "summary": ("summary table of all runs of a dataset", ("dataset",)),
     "figures": ("figures of a dataset's runs", ("dataset", "figure")),
 }
@@ -44,6 +47,7 @@ NO_TORCH_STAGES = ("generate", "download", "manifest", "extract", "summary")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vididi", description="ViDiDi pipeline stages (see README.md and docs/design.md)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (help_text, extra) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -63,9 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--run", "--run-name", dest="run", required=True, help="run name, e.g. vicreg-vididi-small3d-s0")
         if "eval_dataset" in extra:
             p.add_argument("--eval-dataset", required=True)
+        if "label_fraction" in extra:
+            p.add_argument("--label-fraction", type=_fraction, default=1.0, metavar="F",
+                           help="use this share of the labelled train videos, per class (default 1: all; evaluation.label_fractions)")
         if "figure" in extra:
             p.add_argument("--figure", required=True, choices=FIGURES)
     return parser
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,8 +129,8 @@ def one_line(exc: BaseException) -> str:
 
 # Stages that train on several processes when the config asks for several GPUs or nodes: the stage
 # launches itself under torchrun (srun + one torchrun per node), so a rule, a hand run and a SLURM job
-# all run the same `vididi pretrain ...` command line.
-LAUNCHED_STAGES = ("pretrain",)
+# all run the same `vididi pretrain ...` (or `vididi finetune ...`) command line.
+LAUNCHED_STAGES = ("pretrain", "finetune")
 
 
 def _launch_if_distributed(config: dict, stage: str, argv: list[str]) -> None:
@@ -155,6 +169,11 @@ def _dispatch(args: argparse.Namespace, config: dict) -> None:
         applies = metric_stages(config, kwargs["eval_dataset"])
         if stage not in applies:
             raise VididiError(f"{stage} does not apply to {kwargs['eval_dataset']} (it has: {', '.join(applies)})")
+    if stage == "finetune":
+        from .config import has_trimmed
+
+        if not has_trimmed(config, kwargs["eval_dataset"]):
+            raise VididiError(f"finetune needs labelled clips; {kwargs['eval_dataset']} has none")
     if stage not in NO_TORCH_STAGES:
         _torch_threads(config)
     importlib.import_module(f"{__package__}.stages.{stage}").main(config, **kwargs)

@@ -23,13 +23,14 @@ try:
 except ImportError:  # see the module docstring: defaults only, no validation
     jsonschema = None
 
-from .names import BACKBONES, COMPARISON_FIGURES, FIGURES
+from .names import BACKBONES, COMPARISON_FIGURES, FIGURES, LABEL_FIGURES
 from .utils import VididiError, config_hash
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")  # package data; the Snakefile validates with it too
 TRIMMED_SOURCES = ("synthetic", "ucf101", "hmdb51", "kinetics400", "folder")  # have labelled clips
 UNTRIMMED_SOURCES = ("synthetic", "thumos14")  # have untrimmed videos with segments
 NO_TRAINING = "random"  # framework: the randomly initialised encoder (the floor)
+EXTERNAL = "external"  # framework: an encoder file from elsewhere (`checkpoint:`), evaluated like a run
 
 
 class ConfigError(VididiError):
@@ -333,7 +334,8 @@ def _path(parts) -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """One pretraining run: dataset x framework x variant x backbone x seed."""
+    """One pretraining run: dataset x framework x variant x backbone x seed. An external run
+    (framework `external`) names an encoder file in `checkpoint`; its variant is a free label."""
 
     dataset: str
     framework: str
@@ -341,6 +343,7 @@ class Run:
     backbone: str
     seed: int
     eval_datasets: tuple[str, ...]
+    checkpoint: str | None = None
 
     @property
     def name(self) -> str:
@@ -359,7 +362,7 @@ def expand_runs(config: dict) -> list[Run]:
             *(_as_list(entry[k]) for k in ("dataset", "framework", "variant", "backbone", "seed"))
         ):
             evals = tuple(entry.get("eval_datasets") or [dataset])
-            run = Run(dataset, framework, variant, backbone, seed, evals)
+            run = Run(dataset, framework, variant, backbone, seed, evals, entry.get("checkpoint"))
             runs.setdefault((dataset, run.name), run)
     return list(runs.values())
 
@@ -375,7 +378,15 @@ def find_run(config: dict, dataset: str, name: str) -> Run:
 def _check_references(config: dict) -> None:
     datasets, variants = config["datasets"], config["variants"]
     for i, entry in enumerate(config["runs"]):
+        external = EXTERNAL in _as_list(entry["framework"])
+        if external and _as_list(entry["framework"]) != [EXTERNAL]:
+            raise ConfigError(f"config: runs[{i}].framework: {EXTERNAL!r} stands alone in its entry (it names one checkpoint)")
+        if external != ("checkpoint" in entry):
+            raise ConfigError(f"config: runs[{i}]: " + ("framework external needs checkpoint: <path of an encoder file>"
+                                                        if external else "checkpoint is only for framework external"))
         for key, known in (("dataset", datasets), ("variant", variants), ("backbone", BACKBONES)):
+            if key == "variant" and external:
+                continue  # an external run's variant is its label
             for value in _as_list(entry[key]):
                 if value not in known:
                     raise ConfigError(f"config: runs[{i}].{key}: {value!r} is not defined (defined: {', '.join(known)})")
@@ -449,7 +460,9 @@ def comparison_runs(config: dict, dataset: str) -> tuple[Run, Run] | None:
 def available_figures(config: dict, dataset: str) -> list[str]:
     """The figures of names.FIGURES that `dataset`'s runs can draw (in that order)."""
     comparison = comparison_runs(config, dataset) is not None
-    return [name for name in FIGURES if comparison or name not in COMPARISON_FIGURES]
+    fractions = len(label_fractions(config)) > 1
+    return [name for name in FIGURES
+            if (comparison or name not in COMPARISON_FIGURES) and (fractions or name not in LABEL_FIGURES)]
 
 
 def raw_settings(config: dict, dataset: str) -> dict:
@@ -478,7 +491,7 @@ PROBE_NEW_DEFAULTS = {"solver": "sklearn"}  # since 0.3: the torch probe for lar
 
 def evaluation_settings(config: dict) -> dict:
     """What evaluation outputs depend on in `evaluation` (issue-13 keys at their legacy values left out)."""
-    ev = without_new_defaults(config["evaluation"], EVALUATION_LEGACY)
+    ev = without_new_defaults(evaluation_section(config), EVALUATION_LEGACY)
     return {**ev, "probe": without_new_defaults(ev["probe"], PROBE_NEW_DEFAULTS),
             "detection": without_new_defaults(ev["detection"], DETECTION_LEGACY)}
 
@@ -541,9 +554,11 @@ NOT_WEIGHTS = ("log_every", "checkpoint_every", "num_workers", "gpus", "nodes", 
 
 
 def pretrain_settings(config: dict, run: Run) -> dict:
-    """What a pretraining run's weights depend on. A budget in epochs is resolved to its steps (the
-    dataset's manifest must exist), so the settings, and their hash, hold steps whichever unit the
-    config uses."""
+    """What a pretraining run's weights depend on (an external run: what its imported final.pt depends
+    on). A budget in epochs is resolved to its steps (the dataset's manifest must exist), so the
+    settings, and their hash, hold steps whichever unit the config uses."""
+    if run.framework == EXTERNAL:
+        return external_settings(config, run)
     settings = _unresolved_pretrain_settings(config, run)
     settings["pretrain"] = resolve_budget(settings["pretrain"], config, run.dataset)
     overrides = settings["variant"].get("pretrain", {})
@@ -554,7 +569,7 @@ def pretrain_settings(config: dict, run: Run) -> dict:
 
 def budget_in_epochs(config: dict, run: Run) -> bool:
     """Whether `run`'s budget (after its variant's overrides) is given in epochs."""
-    return _unresolved_pretrain_settings(config, run)["pretrain"].get("epochs") is not None
+    return run.framework != EXTERNAL and _unresolved_pretrain_settings(config, run)["pretrain"].get("epochs") is not None
 
 
 def resolve_budget(pretrain: dict, config: dict, dataset: str) -> dict:
@@ -648,3 +663,133 @@ def attention_settings(config: dict, eval_dataset: str) -> list:
 
 def settings_hash(settings: Any) -> str:
     return config_hash(settings)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fine-tuning, label efficiency, external encoders, export
+
+# Evaluation keys that only add outputs (fine-tuning, label fractions): left out of the settings of the
+# outputs that existed before them, so those keep their hashes and recorded settings.
+LABEL_EFFICIENCY_KEYS = ("finetune", "label_fractions", "label_seed")
+EXPORT_FORMAT = "vididi-encoder/1"  # the card's `format`: bump it when the exported file changes meaning
+
+
+def evaluation_section(config: dict) -> dict:
+    """config["evaluation"] without the fine-tuning and label-fraction keys (the settings the metric
+    files recorded before those keys existed)."""
+    return {k: v for k, v in config["evaluation"].items() if k not in LABEL_EFFICIENCY_KEYS}
+
+
+def label_fractions(config: dict) -> list[float]:
+    """The label fractions evaluated: `evaluation.label_fractions` and 1.0 (all labels), ascending."""
+    return sorted({float(f) for f in config["evaluation"]["label_fractions"]} | {1.0})
+
+
+def format_fraction(fraction: float | str) -> str:
+    """0.1 -> "0.1", 1.0 -> "1" (file names, summary columns); a string (a wildcard) is kept."""
+    return fraction if isinstance(fraction, str) else f"{float(fraction):g}"
+
+
+def finetune_stages(config: dict, dataset: str) -> bool:
+    """Whether runs are fine-tuned on evaluation dataset `dataset` (`evaluation.finetune`, labelled clips)."""
+    return bool(config["evaluation"]["finetune"]) and has_trimmed(config, dataset)
+
+
+def run_evaluations(config: dict, run: Run) -> list[tuple[str, str, float]]:
+    """(stage, evaluation dataset, label fraction) of every metric file the config asks of `run`:
+    the metric stages and the attention analysis with all labels, the probe at every label fraction,
+    and fine-tuning (`evaluation.finetune`) at every fraction."""
+    out = []
+    for eval_dataset in run.eval_datasets:
+        trimmed = has_trimmed(config, eval_dataset)
+        out += [(stage, eval_dataset, 1.0) for stage in metric_stages(config, eval_dataset) + (["attention"] if trimmed else [])]
+        fractions = label_fractions(config) if trimmed else []
+        out += [("probe", eval_dataset, f) for f in fractions if f < 1.0]
+        if finetune_stages(config, eval_dataset):
+            out += [("finetune", eval_dataset, f) for f in fractions]
+    return out
+
+
+def label_subset_settings(config: dict, fraction: float) -> dict:
+    """What the labelled subset of the train split depends on beyond the dataset ({} for all labels)."""
+    fraction = float(fraction)
+    return {} if fraction == 1.0 else {"label_fraction": fraction, "label_seed": config["evaluation"]["label_seed"]}
+
+
+# the fine-tuning keys that do not change the weights
+FINETUNE_NOT_WEIGHTS = ("checkpoint_every",)
+
+
+def finetune_augment(config: dict) -> dict:
+    """Fine-tuning's augmentation: the random resized crop and flip of `augment`, no colour jitter or
+    grayscale (the field's fine-tuning recipes crop and flip only)."""
+    aug = config["augment"]
+    return {**aug, "color_jitter": {**aug["color_jitter"], "p": 0.0}, "grayscale": 0.0}
+
+
+def finetune_settings(config: dict, run: Run, eval_dataset: str, fraction: float = 1.0) -> dict:
+    """What a fine-tuning result (metrics/[labels-<f>/]finetune-<eval_dataset>.json) depends on beyond
+    its input files (the run's final.pt, the indexes): the rule hashes it, the stage records it."""
+    ds, ev = config["datasets"][eval_dataset], config["evaluation"]
+    return {
+        "run": run.name, "eval_dataset": eval_dataset,
+        "data": {**data_settings(config, eval_dataset), "split": ds["split"]}, "clips": ds["clips"],
+        # the encoder fine-tuning starts from is the one every evaluation sees (BatchNorm recalibrated)
+        "start": {k: ev[k] for k in ("bn_recalibration", "bn_recalibration_clips")},
+        "finetune": {k: v for k, v in config["finetune"].items() if k not in FINETUNE_NOT_WEIGHTS},
+        "precision": {k: config["pretrain"][k] for k in ("precision", "channels_last")},
+        "augment": finetune_augment(config),
+        **label_subset_settings(config, fraction),
+        "seed": run.seed,
+        **({"numerics": numerics(config)} if numerics(config) else {}),  # the thread count, as for pretraining
+    }  # fmt: skip
+
+
+def export_settings(config: dict, run: Run) -> dict:
+    """What an exported encoder file depends on: the run's weights (its pretraining settings) and the
+    BatchNorm recalibration that evaluation applies before it (the file holds the recalibrated statistics)."""
+    ev = config["evaluation"]
+    return {"format": EXPORT_FORMAT, "run": run.name, "pretrain": pretrain_settings(config, run),
+            "bn_recalibration": {k: ev[k] for k in ("bn_recalibration", "bn_recalibration_clips")}}  # fmt: skip
+
+
+def external_settings(config: dict, run: Run) -> dict:
+    """What an external run's final.pt depends on: the encoder file's content (sha256 of it and of its
+    card), or, for a file this workflow exports from a configured run, that export's settings (known
+    before the file exists); the backbone; and the data whose statistics normalise a bare state dict."""
+    from . import layout  # layout imports this module
+
+    path = Path(run.checkpoint)
+    source = next((r for r in expand_runs(config) if r.framework != EXTERNAL and
+                   Path(layout.export_file(config, r)).resolve() == path.resolve()), None)  # fmt: skip
+    if source is not None:
+        content = {"export_of": export_settings(config, source)}
+    else:
+        content = {"sha256": file_digest(path), "card_sha256": file_digest(layout.export_card(path))}
+    return {
+        "run": run.name, "framework": {"name": EXTERNAL}, "checkpoint": {"path": str(run.checkpoint), **content},
+        "backbone": {"name": run.backbone, **config["backbones"].get(run.backbone, {})},
+        "data": {**data_settings(config, run.dataset), "split": config["datasets"][run.dataset]["split"]},
+        "clips": config["datasets"][run.dataset]["clips"],
+    }  # fmt: skip
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_digest(path: str | Path) -> str | None:
+    """sha256 of a file's bytes (None when it does not exist), cached by (path, size, mtime)."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]

@@ -23,6 +23,9 @@ Data folders are named after `config.data_owner(dataset)`: datasets that differ 
                                       train_log.csv, train_info.json, .train.lock
                                       features/<eval_dataset>.h5
                                       metrics/<stage>-<eval_dataset>.json (+ .detections.txt)
+                                      metrics/labels-<f>/{probe,finetune}-<eval_dataset>.json
+                                      finetune/[labels-<f>/]<eval_dataset>/checkpoints/last.pt, train_log.csv
+                                      export/<run>.pt, export/<run>.json (encoder + card)
                                       analysis/attention-<eval_dataset>.h5
                                       logs/<name>.log, benchmarks/<name>.tsv
                   <dataset>/summary.{csv,md}
@@ -40,7 +43,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import data_owner
+from .config import data_owner, format_fraction
 from .utils import VididiError
 
 SHARD_NAME = "shard-{:05d}.h5"
@@ -193,9 +196,44 @@ def features_file(config: dict, run, eval_dataset: str) -> Path:
     return run_dir(config, run) / "features" / f"{eval_dataset}.h5"
 
 
-def metrics_file(config: dict, run, stage: str, eval_dataset: str) -> Path:
-    """metrics/<stage>-<eval_dataset>.json; the attention stage writes `analysis-...`."""
-    return run_dir(config, run) / "metrics" / f"{metrics_stem(stage)}-{eval_dataset}.json"
+def metrics_file(config: dict, run, stage: str, eval_dataset: str, fraction: float | str = 1.0) -> Path:
+    """metrics/<stage>-<eval_dataset>.json; the attention stage writes `analysis-...`. With a label
+    fraction below 1 (a probe or fine-tuning on part of the labels): metrics/labels-<f>/<stage>-...;
+    `fraction` may be a wildcard ("{fraction}")."""
+    return run_dir(config, run) / "metrics" / labels_folder(fraction) / f"{metrics_stem(stage)}-{eval_dataset}.json"
+
+
+def labels_folder(fraction: float | str) -> str:
+    """"" for all labels (1.0), else labels-<f> (0.1 -> labels-0.1; a wildcard string is kept)."""
+    if not isinstance(fraction, str) and float(fraction) == 1.0:
+        return ""
+    return f"labels-{format_fraction(fraction)}"
+
+
+def finetune_dir(config: dict, run, eval_dataset: str, fraction: float | str = 1.0) -> Path:
+    """finetune/[labels-<f>/]<eval_dataset>/: checkpoints/last.pt (resume) and train_log.csv of a fine-tuning."""
+    return run_dir(config, run) / "finetune" / labels_folder(fraction) / eval_dataset
+
+
+def finetune_checkpoint_dir(config: dict, run, eval_dataset: str, fraction: float | str = 1.0) -> Path:
+    """A fine-tuning's checkpoints/ (last.pt: the full training state, for resuming)."""
+    return finetune_dir(config, run, eval_dataset, fraction) / "checkpoints"
+
+
+def finetune_log(config: dict, run, eval_dataset: str, fraction: float | str = 1.0) -> Path:
+    """A fine-tuning's train_log.csv (one row per step, as pretraining's)."""
+    return finetune_dir(config, run, eval_dataset, fraction) / TRAIN_LOG
+
+
+def export_file(config: dict, run) -> Path:
+    """export/<run>.pt: the run's encoder as a plain (torchvision-format) state dict; its card beside it."""
+    return run_dir(config, run) / "export" / f"{run.name}.pt"
+
+
+def export_card(encoder_file: str | Path) -> Path:
+    """The JSON card beside an exported encoder file (<name>.json): backbone, normalisation, settings,
+    metrics, provenance."""
+    return Path(encoder_file).with_suffix(".json")
 
 
 def metrics_stem(stage: str) -> str:

@@ -12,18 +12,21 @@ from __future__ import annotations
 # pipeline stages, in pipeline order: `vididi <stage>`, `vididi/stages/<stage>.py`
 STAGES = (
     "generate", "download", "manifest", "extract", "index", "pretrain", "features",
-    "retrieval", "probe", "detection", "attention", "summary", "figures",
+    "retrieval", "probe", "detection", "attention", "finetune", "export", "summary", "figures",
 )  # fmt: skip
 # the stages that score a run's frozen features and write metrics/<stage>-<eval_dataset>.json
 METRIC_STAGES = ("retrieval", "probe", "detection")
 # figures of a dataset's runs: `vididi figures --figure NAME`, results/<dataset>/figures/NAME.png
-FIGURES = ("derivatives", "tsne", "attention", "curves", "bars")
+FIGURES = ("derivatives", "tsne", "attention", "curves", "bars", "label_efficiency")
 # figures that need a baseline and a ViDiDi run of `figures.framework` (config.comparison_runs)
 COMPARISON_FIGURES = ("tsne", "attention")
+# figures that need more than one label fraction (evaluation.label_fractions)
+LABEL_FIGURES = ("label_efficiency",)
 
 BACKBONES = ("small3d", "r3d_18", "r2plus1d_18", "mc3_18", "s3d")
 SSL_FRAMEWORKS = ("simclr", "byol", "vicreg")
-FRAMEWORKS = (*SSL_FRAMEWORKS, "supervised", "random")  # random: the untrained encoder (the floor)
+# random: the untrained encoder (the floor; fine-tuned, the scratch baseline); external: an encoder file
+FRAMEWORKS = (*SSL_FRAMEWORKS, "supervised", "random", "external")
 PRESETS = ("all9", "cross6", "adjacent", "frames_only")  # named order-pair schedules
 # the synthetic dataset's motion classes (data.synthetic.DYNAMICS draws each)
 SYNTHETIC_CLASSES = (

@@ -491,3 +491,44 @@ def _metric_value(row: Mapping[str, object], metric: str) -> float | None:
         return None
     value = float(value)
     return None if np.isnan(value) else value
+
+
+def label_efficiency_figure(panels: Mapping[str, Mapping[str, Sequence[tuple[float, float, float]]]],
+                            chance: float | None = None) -> Figure:  # fmt: skip
+    """Top-1 accuracy (%) against the share of labelled training videos, one panel per protocol.
+
+    `panels`: protocol title (e.g. "Linear probe") -> line label -> [(fraction, mean %, sd %), ...];
+    every line keeps its colour and marker in every panel; the x axis is logarithmic (fractions such as
+    0.01, 0.1, 1); error bars (the sd over seeds) are drawn where sd > 0. `chance` (%) adds a dotted
+    horizontal line. Size: width = 2.75 * panels + 1.5 in, height = 2.5 in.
+    """
+    if not panels or not any(panels.values()):
+        raise VididiError("label_efficiency_figure needs at least one line")
+    labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
+    colours = {label: PALETTE[i % (len(PALETTE) - 1)] for i, label in enumerate(labels)}
+    markers = {label: _MARKERS[i % len(_MARKERS)] for i, label in enumerate(labels)}
+    with use_style():
+        fig = _new_figure(2.75 * len(panels) + 1.5, 2.5)
+        axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+        for ax, (title, lines) in zip(axes, panels.items()):
+            fractions = sorted({f for points in lines.values() for f, _, _ in points})
+            for label, points in lines.items():
+                points = sorted(points)
+                if any(not 0 < f <= 1 for f, _, _ in points):
+                    raise VididiError(f"{title}/{label}: label fractions must be in (0, 1]")
+                xs, ys, sds = (np.array(v, dtype=float) for v in zip(*points))
+                ax.errorbar(xs, ys, yerr=np.where(sds > 0, sds, np.nan), color=colours[label], marker=markers[label],
+                            markersize=3.5, capsize=2, elinewidth=0.8, label=label)  # fmt: skip
+            if chance is not None:
+                ax.axhline(chance, color="0.5", linestyle=":", linewidth=0.8)
+            ax.set_xscale("log")
+            ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
+            ax.minorticks_off()
+            ax.set_xlabel("labelled training videos")
+            ax.set_title(title)
+        axes[0].set_ylabel("top-1 accuracy (%)")
+        handles = [Line2D([], [], color=colours[k], marker=markers[k], markersize=3.5, label=k) for k in labels]
+        if chance is not None:
+            handles.append(Line2D([], [], color="0.5", linestyle=":", label="chance"))
+        fig.legend(handles=handles, loc="outside right center")
+    return fig

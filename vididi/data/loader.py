@@ -33,11 +33,13 @@ class TrainClips(Dataset):
     """Items are (video row, RNG key) pairs from `StepBatches`; returns
     (clip1, clip2, colour1, colour2, label), or with `on="device"` (stored1, stored2, draw1, draw2,
     label): the clips' stored bytes (`FrameReader.read_stored`) and their augmentation draws
-    (`ClipDraw.as_vector`), from the same random numbers. `collate` batches either kind."""
+    (`ClipDraw.as_vector`), from the same random numbers. `collate` batches either kind. Fine-tuning
+    asks for `views=1` clip of T frames (`extra_frames=0`: order 0 only) and gets (clip, colour, label)."""
 
-    def __init__(self, index: DatasetIndex, clips: dict, augment: dict, on: str = "loader"):
+    def __init__(self, index: DatasetIndex, clips: dict, augment: dict, on: str = "loader", views: int = 2,
+                 extra_frames: int = 2):  # fmt: skip
         self.index, self.reader = index, FrameReader(index)
-        self.length, self.stride = clips["frames"] + 2, clips["stride"]
+        self.length, self.stride, self.views = clips["frames"] + extra_frames, clips["stride"], views
         self.augment, self.on = ClipAugment(augment, clips["size"]), on
         self.collate = collate_stored if on == "device" else None
 
@@ -49,7 +51,7 @@ class TrainClips(Dataset):
         rng = np.random.default_rng(key)
         n = int(self.index.n_frames[video])
         clips, colours = [], []
-        for _ in range(2):  # independent start time and augmentation per clip
+        for _ in range(self.views):  # independent start time and augmentation per clip
             frames = clip_frame_numbers(n, self.length, self.stride, rng=rng)
             if self.on == "device":
                 height, width = int(self.index.height[video]), int(self.index.width[video])
@@ -59,7 +61,7 @@ class TrainClips(Dataset):
             clip, colour = self.augment(self.reader.read(video, frames, channels_last=True), rng)
             clips.append(clip)
             colours.append(torch.from_numpy(colour))
-        return clips[0], clips[1], colours[0], colours[1], int(self.index.label[video])
+        return *clips, *colours, int(self.index.label[video])
 
 
 class StepBatches(Sampler):

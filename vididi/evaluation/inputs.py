@@ -88,3 +88,15 @@ def device(config: dict):
     from ..ssl.encoder import resolve_device
 
     return resolve_device(config["device"])
+
+
+def stage_settings(config: dict, run: cfgmod.Run, stage: str, eval_dataset: str, fraction: float = 1.0) -> dict:
+    """The settings a metric file of `stage` records (its `config_hash`, what its rule hashes): the
+    evaluation settings (with the labelled subset below 1.0), attention's own, or fine-tuning's with
+    the content of the data it trains and tests on."""
+    if stage == "attention":
+        return cfgmod.attention_settings(config, eval_dataset)
+    if stage == "finetune":
+        content = DatasetIndex.for_dataset(config, eval_dataset).content
+        return {**cfgmod.finetune_settings(config, run, eval_dataset, fraction), "data_content": content}
+    return {**cfgmod.eval_settings(config, eval_dataset), **cfgmod.label_subset_settings(config, fraction)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +32,100 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_encoder(path: str | Path, device: torch.device | str = "cpu", which: str = "encoder"):
-    """(encoder in eval mode, backbone settings, dataset stats) from a final.pt; `which` =
-    "target_encoder" loads a BYOL run's EMA target instead of the online encoder."""
+# heads of torchvision's video classifiers: not part of an encoder, ignored when an encoder file is read
+HEAD_PREFIXES = ("fc.", "classifier.")
+DEFAULT_SCALING = "dataset"  # every built-in variant's; used when a file does not record its own
+
+
+@dataclass
+class EncoderFile:
+    """An encoder file as read: its state dict and what it says about itself (None where it is silent).
+    `kind`: "run" (a vididi run's final checkpoint), "export" (`vididi export`, with its card) or "state dict" (bare)."""
+
+    state: dict
+    backbone: dict | None
+    stats: dict | None
+    scaling: str | None
+    kind: str
+
+
+def read_encoder_file(path: str | Path, which: str = "encoder") -> EncoderFile:
+    """Read a vididi final.pt (`which` = "target_encoder": a BYOL run's EMA target), an exported
+    encoder (a plain state dict with its card, `layout.export_card`) or a bare torchvision-format state
+    dict, always with `weights_only=True` (no code in a file runs)."""
     path = Path(path)
     if not path.is_file():
-        raise VididiError(f"{path} not found: run the pretrain stage first")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if which not in state:
-        raise VididiError(f"{path} has no {which!r} (only BYOL runs trained since issue 13 keep their target; retrain it)")
-    backbone = json.loads(state["backbone"])
+        raise VididiError(f"{path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickles with code, truncated files: one line, never a traceback
+        raise VididiError(f"{path}: not an encoder file loadable with weights_only=True ({str(exc).splitlines()[0][:200]})") from None
+    if isinstance(state, dict) and "encoder" in state and "backbone" in state:  # a vididi final.pt
+        if which not in state:
+            raise VididiError(f"{path} has no {which!r} (only BYOL runs trained since issue 13 keep their target; retrain it)")
+        return EncoderFile(state[which], json.loads(state["backbone"]), json.loads(state["stats"]),
+                           state.get("scaling"), "run")  # fmt: skip
+    if which != "encoder":
+        raise VididiError(f"{path} is a plain state dict: it holds one encoder, no {which!r}")
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        keys = ", ".join(list(map(str, state))[:5]) if isinstance(state, dict) else type(state).__name__
+        raise VididiError(f"{path}: neither a vididi run's checkpoint nor a state dict of tensors (it holds: {keys})")
+    card_path = layout.export_card(path)
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    if card.get("format") != cfgmod.EXPORT_FORMAT:
+        return EncoderFile(state, None, None, None, "state dict")
+    norm = card["normalisation"]
+    return EncoderFile(state, card["backbone"], {"mean": norm["mean"], "sigma": norm["sigma"]}, norm["scaling"], "export")
+
+
+def load_weights(encoder: nn.Module, state: dict, path: str | Path, backbone: str) -> None:
+    """Load `state` into `encoder` (heads `HEAD_PREFIXES` ignored); keys or shapes that do not match
+    the backbone end in ONE line that lists them."""
+    expected = encoder.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    problems = [f"{what} ({len(keys)}): {_some(keys)}" for what, keys in
+                (("missing", missing), ("unexpected", unexpected), ("other shape", shapes)) if keys]  # fmt: skip
+    if problems:
+        raise VididiError(f"{path} does not fit backbone {backbone!r}: " + "; ".join(problems))
+    encoder.load_state_dict(state)
+
+
+def _some(keys: list[str], limit: int = 6) -> str:
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def encoder_from_file(file: EncoderFile, path: str | Path, backbone: dict | None = None) -> nn.Module:
+    """The backbone (`backbone` settings, else the file's own) with the file's weights, in eval mode.
+    A file that names another backbone than `backbone` is refused in one line."""
+    if backbone is None and file.backbone is None:
+        raise VididiError(f"{path} is a bare state dict: say which backbone it is (a run entry's `backbone`), "
+                          f"or export it with `vididi export` so its card says so")  # fmt: skip
+    if backbone is not None and file.backbone is not None and file.backbone != backbone:
+        raise VididiError(f"{path} holds backbone {file.backbone}, not {backbone}")
+    backbone = backbone or file.backbone
     encoder = build_backbone(backbone["name"], **{k: v for k, v in backbone.items() if k != "name"})
-    encoder.load_state_dict(state[which])
-    return encoder.to(device).eval(), backbone, json.loads(state["stats"])
+    load_weights(encoder, file.state, path, backbone["name"])
+    return encoder.eval()
+
+
+def load_encoder(path: str | Path, device: torch.device | str = "cpu", which: str = "encoder"):
+    """(encoder in eval mode, backbone settings, dataset stats) from a final.pt or an exported encoder;
+    `which` = "target_encoder" loads a BYOL run's EMA target instead of the online encoder."""
+    file = read_encoder_file(path, which)
+    return encoder_from_file(file, path).to(device), file.backbone, file.stats
+
+
+def frame_encoder_from_file(path: str | Path, device: torch.device | str = "cpu") -> FrameEncoder:
+    """`vididi.load_encoder`: a final.pt or an exported encoder, ready to embed uint8 clips with the
+    input normalisation it was trained with (the features stage's: centred by the dataset's mean
+    colour, order 0 scaled as its variant scales it)."""
+    device = torch.device(device)
+    file = read_encoder_file(path)
+    encoder = encoder_from_file(file, path).to(device, memory_format=torch.channels_last_3d)
+    return FrameEncoder(encoder, file.stats, file.scaling or DEFAULT_SCALING, device)
 
 
 class FrameEncoder:
@@ -94,9 +176,12 @@ def prepare_encoder(config: dict, run: cfgmod.Run, device: torch.device, which: 
     statistics re-estimated on order-0 training clips when `evaluation.bn_recalibration` is on.
     Returns the encoder and a note of what was done."""
     ckpt = layout.final_checkpoint(config, run)
-    encoder, backbone, stats = load_encoder(ckpt, device, which)
-    encoder = encoder.to(memory_format=torch.channels_last_3d)
-    scaling = config["variants"][run.variant]["scaling"]
+    file = read_encoder_file(ckpt, which)
+    encoder = encoder_from_file(file, ckpt).to(device, memory_format=torch.channels_last_3d)
+    stats = file.stats
+    # an external run's variant is a label: its final.pt says how its inputs are scaled
+    external = run.framework == cfgmod.EXTERNAL
+    scaling = (file.scaling or DEFAULT_SCALING) if external else config["variants"][run.variant]["scaling"]
     frame_encoder = FrameEncoder(encoder, stats, scaling, device)
     ev = config["evaluation"]
     note = {"checkpoint": str(ckpt), "bn_recalibrated": False, "bn_recalibration_clips": 0, "scaling": scaling}

@@ -179,24 +179,37 @@ class Supervised(Framework):
     """Linear classifier on the pooled features of x1; loss = cross-entropy with `labels`.
 
     Uses x1 only (x2 is ignored). terms: 'cross_entropy', 'accuracy' (top-1 on the batch).
+    Fine-tuning (ssl/finetune.py) uses it with `dropout` on the pooled features (training only; it
+    draws from torch's global generator) and `label_smoothing`; both 0 for supervised pretraining.
     """
 
     name = "supervised"
     uses_labels = True
 
-    def __init__(self, encoder: Backbone, num_classes: int | None = None) -> None:
+    def __init__(self, encoder: Backbone, num_classes: int | None = None, dropout: float = 0.0,
+                 label_smoothing: float = 0.0) -> None:  # fmt: skip
         super().__init__(encoder)
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
             raise VididiError(f"supervised needs num_classes (an integer >= 2), got {num_classes!r}")
+        if not (0.0 <= dropout < 1.0 and 0.0 <= label_smoothing < 1.0):
+            raise VididiError(f"dropout and label_smoothing must be in [0, 1), got {dropout}, {label_smoothing}")
         self.classifier = nn.Linear(encoder.feature_dim, num_classes)
+        self.dropout, self.label_smoothing = float(dropout), float(label_smoothing)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Class logits (B, num_classes) of clips x (dropout in training mode only)."""
+        features = self.encoder(x)
+        if self.dropout and self.training:
+            features = F.dropout(features, self.dropout, training=True)
+        return self.classifier(features).float()
 
     def forward(self, x1: Tensor, x2: Tensor | None = None, labels: Tensor | None = None) -> tuple[Tensor, Terms]:
         if labels is None:
             raise ValueError("supervised needs labels: call it as model(x, labels=labels)")
         if labels.shape != (x1.shape[0],):
             raise ValueError(f"labels must be shaped ({x1.shape[0]},), got {tuple(labels.shape)}")
-        logits = self.classifier(self.encoder(x1)).float()
-        loss = F.cross_entropy(logits, labels)
+        logits = self.logits(x1)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
         return loss, {"cross_entropy": loss.detach(), "accuracy": accuracy}
 

@@ -52,7 +52,7 @@ from ..data.shards import DatasetIndex
 from ..utils import VididiError, atomic_path, code_version, exclusive_lock, get_logger, progress, provenance, write_json
 from .derivatives import derivative_view
 from .distributed import convert_sync_batchnorm, is_main, world
-from .encoder import resolve_device
+from .encoder import DEFAULT_SCALING, encoder_from_file, read_encoder_file, resolve_device
 from .frameworks import Framework, build_framework
 from .models import build_backbone
 from .schedule import BalancedSchedule
@@ -108,14 +108,23 @@ def compile_model(model: torch.nn.Module, device: torch.device, switch="auto") -
     return names
 
 
-def make_optimizer(model: torch.nn.Module, pretrain: dict, device: torch.device | str = "cpu") -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, pretrain: dict, device: torch.device | str = "cpu",
+                   encoder_lr_ratio: float = 1.0) -> torch.optim.Optimizer:  # fmt: skip
     """AdamW or SGD; no weight decay on biases and normalisation parameters (1-d tensors). AdamW uses
-    the fused kernel when `pretrain.fused_optimizer` says so (auto: on CUDA; same state_dict)."""
+    the fused kernel when `pretrain.fused_optimizer` says so (auto: on CUDA; same state_dict).
+    With `encoder_lr_ratio` != 1 (fine-tuning) the parameters of `model.encoder` learn at
+    lr * encoder_lr_ratio; the other parameters (the head) come first, so group 0 holds the head's lr."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": pretrain["weight_decay"]},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-    ]
+    if encoder_lr_ratio == 1.0:
+        parts = [(params, pretrain["lr"])]
+    else:
+        in_encoder = {id(p) for p in model.encoder.parameters()}
+        parts = [([p for p in params if id(p) not in in_encoder], pretrain["lr"]),
+                 ([p for p in params if id(p) in in_encoder], pretrain["lr"] * encoder_lr_ratio)]  # fmt: skip
+    groups = [group for part, lr in parts for group in (
+        {"params": [p for p in part if p.ndim > 1], "weight_decay": pretrain["weight_decay"], "lr": lr},
+        {"params": [p for p in part if p.ndim <= 1], "weight_decay": 0.0, "lr": lr},
+    )]  # fmt: skip
     if pretrain["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=pretrain["lr"], momentum=pretrain["momentum"])
     fused = on_cuda_when_auto(pretrain.get("fused_optimizer", "auto"), device)
@@ -180,7 +189,7 @@ class Trainer:
         averaged over processes under DDP (BYOL and supervised losses are per-rank means)."""
         v1, v2, pair = self.views(batch, step)
         with self.autocast:
-            loss, terms = self.model(v1, v2, batch[4].to(self.device, non_blocking=True))
+            loss, terms = self.model(v1, v2, batch[-1].to(self.device, non_blocking=True))  # labels come last
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip:
@@ -243,7 +252,7 @@ class StopRequest:
 def pretrain(config: dict, run: cfgmod.Run) -> Path:
     """Train `run` to its budget (`pretrain.steps`, or `pretrain.epochs` resolved to steps by
     config.pretrain_settings), resuming if possible; return checkpoints/final.pt."""
-    rank, world_size = _init_distributed()
+    rank, world_size = init_distributed()
     if is_main():  # one trainer per run: a second one (an orphan of a killed Snakemake, a hand run) stops here
         with exclusive_lock(layout.train_lock(config, run), f"training {run.name}"):
             return _pretrain(config, run, rank, world_size)
@@ -254,9 +263,13 @@ def _pretrain(config: dict, run: cfgmod.Run, rank: int, world_size: int) -> Path
     settings = cfgmod.pretrain_settings(config, run)
     out_dir = layout.run_dir(config, run)
     ckpt_dir = layout.checkpoint_dir(config, run)
-    device = _rank_device(config["device"], rank)
+    device = rank_device(config["device"], rank)
     index = DatasetIndex.for_dataset(config, run.dataset)
     settings_hash = cfgmod.run_hash(settings, index.content)
+    if run.framework == cfgmod.EXTERNAL:  # an encoder file from elsewhere becomes final.pt: no training
+        if is_main():
+            _import_external(config, run, settings, settings_hash, index, device)
+        return layout.final_checkpoint(config, run)
     # (settings omit the keys that do not change weights, and carry a variant's pretrain overrides)
     clips_cfg, pre = settings["clips"], {**config["pretrain"], **settings["pretrain"]}
     model = build_model(settings, num_classes=len(index.classes)).to(device)
@@ -281,10 +294,7 @@ def _pretrain(config: dict, run: cfgmod.Run, rank: int, world_size: int) -> Path
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, pre["warmup_steps"], pre["min_lr_ratio"])
     )
-    start_step, segments = _resume(ckpt_dir, settings_hash, total, model, optimizer, scheduler)
-    segment = {"from_step": start_step, "to_step": start_step, "seconds": 0.0, "code": code_version()}
-    if start_step < total:  # (a finished last.pt whose final.pt is missing adds no segment)
-        segments.append(segment)
+    start_step, segments = resume_checkpoint(ckpt_dir, settings_hash, total, model, optimizer, scheduler)
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -308,10 +318,32 @@ def _pretrain(config: dict, run: cfgmod.Run, rank: int, world_size: int) -> Path
     sampler = StepBatches(train_videos, pre["batch_size"], run.seed, start_step, total, rank, world_size)
     data = TrainClips(index, clips_cfg, settings["augment"], on="device" if on_device else "loader")
     batches = loader(data, pre["num_workers"], batch_sampler=sampler, pin_memory=on_device and device.type == "cuda")
+    logger = TrainLog(layout.train_log(config, run), start_step, len(train_videos), pre["batch_size"]) if is_main() else None
+    train_loop(trainer, batches, start_step, segments, ckpt_dir, settings_hash, logger, pre, run.name, started)
+    if is_main():
+        core = model.module if hasattr(model, "module") else model
+        # train_info.json first: a final.pt on disk always has the record that describes it
+        _write_info(out_dir, settings, settings_hash, index, steps=total, wall=sum(s["seconds"] for s in segments),
+                    device=device, world_size=world_size, segments=segments, epochs=epochs)  # fmt: skip
+        _write_final(layout.final_checkpoint(config, run), core, settings, settings_hash, index, steps=total)
+    finish_distributed()
+    return layout.final_checkpoint(config, run)
 
-    logger = _TrainLog(layout.train_log(config, run), start_step, len(train_videos), pre["batch_size"]) if is_main() else None
-    model.train()
-    bar = progress(total=total, initial=start_step, desc=run.name, unit="step", **({} if is_main() else {"disable": True}))
+
+def train_loop(trainer: Trainer, batches, start_step: int, segments: list[dict], ckpt_dir: Path, settings_hash: str,
+               logger: TrainLog | None, every: dict, desc: str, started: float) -> None:  # fmt: skip
+    """Steps `start_step`..`trainer.total_steps` (pretraining and fine-tuning alike): log every
+    `every["log_every"]` steps, stop on a non-finite loss, write last.pt atomically every
+    `every["checkpoint_every"]` steps and at the end. Appends this segment of the training to
+    `segments` (its seconds counted from `started`)."""
+    total = trainer.total_steps
+    optimizer, scheduler = trainer.optimizer, trainer.scheduler
+    world_size = world()[1]
+    segment = {"from_step": start_step, "to_step": start_step, "seconds": 0.0, "code": code_version()}
+    if start_step < total:  # (a finished last.pt whose final.pt is missing adds no segment)
+        segments.append(segment)
+    trainer.model.train()
+    bar = progress(total=total, initial=start_step, desc=desc, unit="step", **({} if is_main() else {"disable": True}))
     tick = time.time()
     with StopRequest() as stop:
         for step, batch in enumerate(batches, start=start_step):
@@ -320,9 +352,9 @@ def _pretrain(config: dict, run: cfgmod.Run, rank: int, world_size: int) -> Path
             if logger:
                 logger.add(step, loss, terms, pair, lr)
             done = step + 1
-            stopping = stop.requested(world_size, device, agree=done % pre["log_every"] == 0)
-            checkpoint = done % pre["checkpoint_every"] == 0 or done == total or stopping
-            if done % pre["log_every"] == 0 or checkpoint:
+            stopping = stop.requested(world_size, trainer.device, agree=done % every["log_every"] == 0)
+            checkpoint = done % every["checkpoint_every"] == 0 or done == total or stopping
+            if done % every["log_every"] == 0 or checkpoint:
                 rows = logger.flush(seconds=time.time() - tick) if logger else []
                 tick = time.time()
                 _check_finite(rows, loss, step, pair, ckpt_dir)
@@ -333,7 +365,7 @@ def _pretrain(config: dict, run: cfgmod.Run, rank: int, world_size: int) -> Path
             if checkpoint:
                 segment.update(to_step=done, seconds=round(time.time() - started, 1))
                 if is_main():
-                    _save_checkpoint(ckpt_dir / layout.LAST_CHECKPOINT, done, model, optimizer, scheduler, settings_hash, segments)
+                    _save_checkpoint(ckpt_dir / layout.LAST_CHECKPOINT, done, trainer.model, optimizer, scheduler, settings_hash, segments)
                 if world_size > 1:
                     dist.barrier()
             if stopping and done < total:
@@ -342,20 +374,17 @@ def _pretrain(config: dict, run: cfgmod.Run, rank: int, world_size: int) -> Path
                 raise Stopped(f"stopped by {name} after step {done} of {total}; {ckpt_dir / layout.LAST_CHECKPOINT} "
                               f"holds it: run the stage again to resume", stop.signum)  # fmt: skip
     bar.close()
-    if is_main():
-        core = model.module if hasattr(model, "module") else model
-        segment.update(to_step=total, seconds=round(time.time() - started, 1))  # (not listed when nothing was trained)
-        # train_info.json first: a final.pt on disk always has the record that describes it
-        _write_info(out_dir, settings, settings_hash, index, steps=total, wall=sum(s["seconds"] for s in segments),
-                    device=device, world_size=world_size, segments=segments, epochs=epochs)  # fmt: skip
-        _write_final(layout.final_checkpoint(config, run), core, settings, settings_hash, index, steps=total)
-    if world_size > 1:
+    segment.update(to_step=total, seconds=round(time.time() - started, 1))  # (not listed when nothing was trained)
+
+
+def finish_distributed() -> None:
+    """Wait for every process, then leave the process group (nothing without torchrun)."""
+    if world()[1] > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return layout.final_checkpoint(config, run)
 
 
-def _init_distributed() -> tuple[int, int]:
+def init_distributed() -> tuple[int, int]:
     """Join the process group torchrun describes in the environment; (0, 1) without torchrun."""
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -363,7 +392,7 @@ def _init_distributed() -> tuple[int, int]:
     return world()
 
 
-def _rank_device(name: str, rank: int) -> torch.device:
+def rank_device(name: str, rank: int) -> torch.device:
     device = resolve_device(name)
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", 0))
@@ -382,12 +411,12 @@ def _check_finite(rows: list[dict], loss: torch.Tensor, step: int, pair, ckpt_di
         )
 
 
-class _TrainLog:
+class TrainLog:
     """train_log.csv: one row per step. Losses stay on the device until a flush (one sync per
     `log_every` steps, not per step); a resumed run first drops rows past its checkpoint."""
 
-    def __init__(self, path: Path, start_step: int, n_videos: int, batch_size: int):
-        self.path, self.n_videos, self.batch_size = path, n_videos, batch_size
+    def __init__(self, path: Path, start_step: int, n_videos: int, batch_size: int, clips_per_sample: int = 2):
+        self.path, self.n_videos, self.batch_size, self.clips_per_sample = path, n_videos, batch_size, clips_per_sample
         self.pending: list[tuple] = []
         self.header: list[str] | None = None
         if path.is_file():
@@ -406,7 +435,7 @@ class _TrainLog:
         """Append the pending steps (with the clip rate over `seconds`) to the CSV; return them."""
         if not self.pending:
             return []
-        rate = round(2 * self.batch_size * len(self.pending) / max(seconds, 1e-9), 1)
+        rate = round(self.clips_per_sample * self.batch_size * len(self.pending) / max(seconds, 1e-9), 1)
         rows = [
             {"step": step, "epoch": step * self.batch_size // self.n_videos, "loss": float(loss),
              **{k: float(v) for k, v in terms.items()}, "pair": f"{pair[0]}{pair[1]}", "lr": lr, "clips_per_s": rate}
@@ -439,9 +468,10 @@ def _save_checkpoint(path: Path, step: int, model, optimizer, scheduler, setting
         torch.save(state, tmp)
 
 
-def _resume(ckpt_dir: Path, settings_hash: str, total: int, model, optimizer, scheduler) -> tuple[int, list[dict]]:
-    """(step to start from, earlier segments of this training): resume from last.pt when it is an
-    unfinished training with these settings; a finished one (a forced re-run) starts over."""
+def resume_checkpoint(ckpt_dir: Path, settings_hash: str, total: int, model, optimizer, scheduler) -> tuple[int, list[dict]]:
+    """(step to start from, earlier segments of this training): resume from last.pt when it holds a
+    training with these settings. A finished one made by this code gives `total` (nothing to train: the
+    caller writes its result from it); one finished by other code starts over."""
     path = ckpt_dir / layout.LAST_CHECKPOINT
     if not path.is_file():
         return 0, []
@@ -491,21 +521,44 @@ def _unused_path(path: Path) -> Path:
     return candidate
 
 
-def _write_final(path: Path, model, settings: dict, settings_hash: str, index: DatasetIndex, steps: int) -> None:
-    """The trained encoder and what evaluation needs to use it (loads with weights_only=True)."""
+def _write_final(path: Path, model, settings: dict, settings_hash: str, index: DatasetIndex | None, steps: int,
+                 stats: dict | None = None, source: dict | None = None) -> None:  # fmt: skip
+    """The trained encoder and what evaluation needs to use it (loads with weights_only=True): its
+    backbone, the dataset statistics and derivative scaling its inputs are normalised with (`stats`
+    replaces the index's), and for an external run where it came from."""
     encoder = model.encoder if hasattr(model, "encoder") else model
     state = {
         "encoder": {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()},
         "backbone": json.dumps(settings["backbone"]),
         "settings_hash": settings_hash,
         "steps": steps,
-        "stats": json.dumps(index.stats),
+        "stats": json.dumps(stats or index.stats),
+        "scaling": settings.get("variant", {}).get("scaling", DEFAULT_SCALING),
     }
+    if source:
+        state["source"] = json.dumps(source)
     target = getattr(model, "target_encoder", None)  # BYOL: the EMA target, for `evaluation.target_encoder`
     if target is not None:
         state["target_encoder"] = {k: v.detach().cpu().contiguous() for k, v in target.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def _import_external(config: dict, run: cfgmod.Run, settings: dict, settings_hash: str, index: DatasetIndex, device) -> None:
+    """An external run's final.pt from its `checkpoint`: a vididi final.pt or exported encoder keeps
+    its normalisation; a bare state dict is normalised with the run's dataset statistics and the
+    default scaling. Keys that do not fit the backbone end in one line that lists them."""
+    started = time.time()
+    path = Path(run.checkpoint)
+    file = read_encoder_file(path)
+    encoder = encoder_from_file(file, path, settings["backbone"])
+    scaling = file.scaling or DEFAULT_SCALING
+    source = {"path": str(path), "kind": file.kind, "normalisation": "the file's" if file.stats else f"{run.dataset}'s"}
+    _write_info(layout.run_dir(config, run), settings, settings_hash, index, steps=0, wall=time.time() - started,
+                device=device, world_size=1)  # fmt: skip
+    _write_final(layout.final_checkpoint(config, run), encoder, {**settings, "variant": {"scaling": scaling}},
+                 settings_hash, index, steps=0, stats=file.stats, source=source)  # fmt: skip
+    log.info("%s: imported %s (%s) as %s", run.name, path, file.kind, layout.final_checkpoint(config, run))
 
 
 def _write_info(out_dir: Path, settings: dict, settings_hash: str, index: DatasetIndex, steps: int, wall: float,

@@ -6,6 +6,8 @@ results/<dataset>/figures/.
     attention    Grad-CAM attention: frames | baseline | ViDiDi (paper Fig. 5)
     curves       training loss and its terms per framework x variant
     bars         Recall@1 / probe top-1 / detection mAP@0.5, baseline vs ViDiDi per framework
+    label_efficiency  probe and fine-tuning top-1 against the label fraction: baseline, ViDiDi, random
+                 init (frozen: the floor; fine-tuned: scratch); needs several evaluation.label_fractions
 
 The comparison figures use `figures.framework` (default VICReg, as in the paper) with the variants
 `figures.baseline` and `figures.vididi`, on the first backbone and seed the config lists for them.
@@ -28,7 +30,16 @@ from ..data.shards import DatasetIndex, FrameReader
 from ..evaluation import inputs
 from ..evaluation.analysis import top_classes, tsne_2d
 from ..names import FIGURES
-from ..plots import attention_figure, bars_figure, curves_figure, derivative_views_figure, save_figure, tsne_figure, use_style
+from ..plots import (
+    attention_figure,
+    bars_figure,
+    curves_figure,
+    derivative_views_figure,
+    label_efficiency_figure,
+    save_figure,
+    tsne_figure,
+    use_style,
+)
 from ..utils import VididiError
 
 
@@ -112,6 +123,39 @@ def _bars(config: dict, dataset: str):
     return bars_figure(rows, metrics, metric_labels=labels)
 
 
+def _label_efficiency(config: dict, dataset: str):
+    """Top-1 of the linear probe and of fine-tuning against the label fraction (summary.csv): the
+    baseline and ViDiDi variants of `figures.framework`, and the random encoder (probed: the untrained
+    floor; fine-tuned: the scratch baseline)."""
+    path = layout.require(layout.summary_file(config, dataset, ".csv"), "summary")
+    rows = [r for r in csv.DictReader(path.open()) if r["eval_dataset"] == dataset]
+    fig = config["figures"]
+    wanted = {(fig["framework"], fig["baseline"]): None, (fig["framework"], fig["vididi"]): None}
+    wanted.update({(r["framework"], r["variant"]): None for r in rows if r["framework"] == cfgmod.NO_TRAINING})
+    fractions = cfgmod.label_fractions(config)
+    panels = {}
+    for title, column in (("Linear probe", "probe_top1"), ("Fine-tuning", "finetune_top1")):
+        lines = {}
+        for framework, variant in wanted:
+            group = [r for r in rows if (r["framework"], r["variant"]) == (framework, variant)]
+            points = []
+            for f in fractions:
+                key = column if f == 1.0 else f"{column}@{cfgmod.format_fraction(f)}"
+                values = [100 * float(r[key]) for r in group if r.get(key) not in (None, "")]
+                if values:
+                    points.append((f, float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0))
+            if not points:
+                continue
+            if framework == cfgmod.NO_TRAINING:
+                lines["random init (probed: frozen; fine-tuned: scratch)"] = points
+            else:
+                lines[_run_label(cfgmod.Run(dataset, framework, variant, "", 0, ()))] = points
+        if lines:
+            panels[title] = lines
+    classes = len(DatasetIndex.for_dataset(config, dataset).classes)
+    return label_efficiency_figure(panels, chance=100.0 / classes)
+
+
 def _run_label(run: cfgmod.Run) -> str:
     """The paper's names: VICReg vs ViDiDi-VIC (and likewise for SimCLR, BYOL)."""
     name, short = {"vicreg": ("VICReg", "VIC"), "simclr": ("SimCLR", "SimCLR"), "byol": ("BYOL", "BYOL")}.get(
@@ -123,5 +167,6 @@ def _run_label(run: cfgmod.Run) -> str:
     return f"{name} ({run.variant})"
 
 
-DRAW = {"derivatives": _derivatives, "tsne": _tsne, "attention": _attention, "curves": _curves, "bars": _bars}
+DRAW = {"derivatives": _derivatives, "tsne": _tsne, "attention": _attention, "curves": _curves, "bars": _bars,
+        "label_efficiency": _label_efficiency}
 assert tuple(DRAW) == FIGURES, "every figure of names.FIGURES has a drawing function"

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import config as cfgmod
 from .. import layout, stamps
-from ..evaluation.inputs import require_current_run
+from ..evaluation.inputs import require_current_run, stage_settings
 from ..utils import VididiError, write_text
 
 METRIC_COLUMNS = {  # metric file stem (layout.metrics_stem) -> (metric key -> column)
@@ -30,7 +30,10 @@ METRIC_COLUMNS = {  # metric file stem (layout.metrics_stem) -> (metric key -> c
                  "object_attention_uniform": "attention_uniform",
                  # the test videos the share averages over (all-zero maps have no share and are left out)
                  "object_attention_videos": "attention_videos"},
+    "finetune": {"top1": "finetune_top1", "top5": "finetune_top5"},  # evaluation.finetune only
 }
+# With part of the labels (evaluation.label_fractions): top-1 only, the column named <column>@<fraction>.
+FRACTION_COLUMNS = {"probe": "probe_top1", "finetune": "finetune_top1"}
 # Columns that only mean something under a setting (the chance level of the probe-logit attention share;
 # configs/legacy-protocol.yaml turns it off, and the table keeps its pre-issue-13 columns).
 OPT_IN_COLUMNS = {"attention_uniform": lambda config: config["analysis"]["cam_target"] != "feature_norm"}
@@ -48,11 +51,6 @@ def _read_metrics(path: Path, expected_settings, run_hash: str) -> dict:
                    expected_settings, what="evaluation settings")  # fmt: skip
     stamps.require(path, record.get("inputs", {}).get("run_hash"), run_hash, what="model (run hash)")
     return record["metrics"]
-
-
-def _stage_settings(config: dict, stage: str, eval_dataset: str):
-    """The settings a metric file of `stage` records (and its rule hashes)."""
-    return cfgmod.attention_settings(config, eval_dataset) if stage == "attention" else cfgmod.eval_settings(config, eval_dataset)
 
 
 def _benchmark_seconds(path: Path) -> float | None:
@@ -93,16 +91,20 @@ def _run_rows(config: dict, run: cfgmod.Run) -> list[dict]:
     for eval_dataset in run.eval_datasets:
         row = {"framework": run.framework, "variant": run.variant, "backbone": run.backbone,
                "seed": run.seed, "eval_dataset": eval_dataset}  # fmt: skip
-        stages = cfgmod.metric_stages(config, eval_dataset)
-        if cfgmod.has_trimmed(config, eval_dataset):
-            stages.append("attention")
+        evaluations = [(s, f) for s, e, f in cfgmod.run_evaluations(config, run) if e == eval_dataset]
+        stages = [s for s, f in evaluations if f == 1.0 and s != "finetune"]
         eval_s = 0.0
-        for stage in stages:
-            metrics = _read_metrics(layout.metrics_file(config, run, stage, eval_dataset),
-                                    _stage_settings(config, stage, eval_dataset), run_hash)  # fmt: skip
+        for stage, fraction in evaluations:
+            path = layout.metrics_file(config, run, stage, eval_dataset, fraction)
+            metrics = _read_metrics(path, stage_settings(config, run, stage, eval_dataset, fraction), run_hash)
+            if fraction < 1.0:
+                row[f"{FRACTION_COLUMNS[stage]}@{cfgmod.format_fraction(fraction)}"] = metrics["top1"]
+                continue
             for key, column in METRIC_COLUMNS[layout.metrics_stem(stage)].items():
                 if key in metrics and OPT_IN_COLUMNS.get(column, lambda _: True)(config):
                     row[column] = metrics[key]
+            if stage == "finetune":  # its training time, summed over the segments of a resumed job
+                row["finetune_s"] = json.loads(path.read_text()).get("protocol", {}).get("seconds")
         for stage in ["features", *stages]:
             eval_s += _benchmark_seconds(layout.run_benchmark(config, run, f"{stage}-{eval_dataset}")) or 0.0
         row.update(steps=info.get("steps"), epochs=info.get("epochs"), pretrain_s=pretrain_s, eval_s=round(eval_s, 1) or None)
@@ -113,7 +115,13 @@ def _run_rows(config: dict, run: cfgmod.Run) -> list[dict]:
 
 def _metric_columns(rows: list[dict]) -> list[str]:
     ordered = [c for stage in METRIC_COLUMNS.values() for c in stage.values()]
+    ordered += sorted({c for r in rows for c in r if c.split("@")[0] in FRACTION_COLUMNS.values() and "@" in c},
+                      key=lambda c: (list(FRACTION_COLUMNS.values()).index(c.split("@")[0]), float(c.split("@")[1])))  # fmt: skip
     return [c for c in ordered if any(c in r for r in rows)]
+
+
+def _cost_columns(rows: list[dict]) -> list[str]:
+    return COST_COLUMNS + (["finetune_s"] if any(r.get("finetune_s") is not None for r in rows) else [])
 
 
 def main(config: dict, dataset: str) -> Path:
@@ -121,7 +129,7 @@ def main(config: dict, dataset: str) -> Path:
     rows = collect_rows(config, dataset)
     metrics = _metric_columns(rows)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=KEY_COLUMNS + metrics + COST_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=KEY_COLUMNS + metrics + _cost_columns(rows), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_text(layout.summary_file(config, dataset, ".csv"), buf.getvalue())
@@ -187,6 +195,7 @@ def markdown(rows: list[dict], metrics: list[str], baseline: str, dataset: str) 
         lines += ["", f"## Difference to the baseline variant `{baseline}` (means over seeds; points)", "",
                   "| framework | backbone | eval_dataset | difference | " + " | ".join(metrics) + " |",
                   "|" + "---|" * (4 + len(metrics)), *diffs]  # fmt: skip
+    lines += _label_efficiency_lines(groups, metrics)
     return "\n".join(lines + _provenance_lines(rows)) + "\n"
 
 
@@ -210,6 +219,33 @@ def scene_overlap_lines(config: dict, rows: list[dict]) -> list[str]:
         cells.append(f"{name} ({ds['synthetic']['scenes']} scenes, split {ds['split']}) {counts['shared']} of {counts['test_videos']} "
                      f"({100 * counts['share']:.1f}%; same class {counts['same_class']}, other class {counts['other_class']})")
     return ["- Test videos showing the exact background of a training video: " + "; ".join(cells)] if cells else []
+def run_label(framework: str, variant: str) -> str:
+    """A row's name in the label-efficiency table: the random encoder fine-tuned is the scratch baseline."""
+    return "random init (scratch)" if framework == cfgmod.NO_TRAINING else f"{framework} {variant}"
+
+
+def _label_efficiency_lines(groups: dict[tuple, list[dict]], metrics: list[str]) -> list[str]:
+    """Top-1 of the linear probe and of fine-tuning at each label fraction, one row per run group
+    (only when there is fine-tuning or more than one fraction)."""
+    columns = [c for c in metrics if c.split("@")[0] in FRACTION_COLUMNS.values()]
+    if not any("@" in c or c.startswith("finetune") for c in columns):
+        return []
+    columns.sort(key=lambda c: (list(FRACTION_COLUMNS.values()).index(c.split("@")[0]), -float(c.split("@")[1]) if "@" in c else -1.0))
+    names = [("probe" if c.startswith("probe") else "fine-tune") + " top-1 " + (f"@ {c.split('@')[1]}" if "@" in c else "@ 1")
+             for c in columns]  # fmt: skip
+    lines = ["", "## Label efficiency: linear probe and fine-tuning (top-1 %, mean ± std over seeds)", "",
+             "The `random` encoder probed is the untrained floor; fine-tuned, it is the scratch baseline (the same "
+             "network and budget from random initialisation). `@ f`: trained on a share f of the labelled train videos "
+             "per class, the same videos for every run.", "",
+             "| run | backbone | eval_dataset | seeds | " + " | ".join(names) + " | fine-tune s |",
+             "|" + "---|" * (5 + len(columns))]  # fmt: skip
+    for (framework, variant, backbone, eval_dataset), members in groups.items():
+        cells = [run_label(framework, variant), backbone, eval_dataset, str(len(members))]
+        cells += [_fmt([m.get(c) for m in members], True) for c in columns]
+        seconds = [m["finetune_s"] for m in members if m.get("finetune_s") is not None]
+        cells.append(f"{np.mean(seconds):.0f}" if seconds else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _provenance_lines(rows: list[dict]) -> list[str]:

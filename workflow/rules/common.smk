@@ -166,14 +166,8 @@ def eval_hash(wildcards):
 
 
 def metric_files(dataset):
-    """Every metric file (analysis included) of the runs pretrained on `dataset`."""
-    return [
-        L.metrics_file(config, run, stage, eval_dataset)
-        for run in RUNS
-        if run.dataset == dataset
-        for eval_dataset in run.eval_datasets
-        for stage in vc.metric_stages(config, eval_dataset) + (["attention"] if vc.has_trimmed(config, eval_dataset) else [])
-    ]
+    """Every metric file (analysis, label fractions and fine-tuning included) of the runs pretrained on `dataset`."""
+    return [path for run in RUNS if run.dataset == dataset for path in run_metric_files(run)]
 
 
 def all_outputs():
@@ -214,12 +208,57 @@ def shard_files(dataset):
     return [L.shard_file(config, dataset, i) for i in range(n_shards)]
 
 
+def final_inputs(wildcards):
+    """What a run's final.pt is made from: the pretraining dataset's index, and for an external run its
+    encoder file (with the card of an exported one; a file this workflow exports comes from the export rule)."""
+    run = run_of(wildcards)
+    out = {"index": index_inputs(run.dataset)}
+    if run.framework == vc.EXTERNAL:
+        path, card = Path(run.checkpoint), L.export_card(run.checkpoint)
+        exported = any(L.export_file(config, r).resolve() == path.resolve() for r in RUNS if r.framework != vc.EXTERNAL)
+        out["checkpoint"] = [path] + ([card] if exported or card.is_file() else [])
+    return out
+
+
+def finetune_inputs(wildcards):
+    """A fine-tuning starts from the run's final.pt, recalibrated on its pretraining dataset."""
+    run = run_of(wildcards)
+    return {"checkpoint": L.final_checkpoint(config, run), "index": index_inputs(wildcards.eval_dataset),
+            "train_index": index_inputs(run.dataset)}
+
+
+def finetune_hash(wildcards, fraction=1.0):
+    """What a fine-tuning's metric file depends on beyond final.pt: its settings and the content of
+    the data it trains and tests on."""
+    settings = vc.finetune_settings(config, run_of(wildcards), wildcards.eval_dataset, fraction)
+    return vc.settings_hash({**settings, "data_content": data_content(wildcards.eval_dataset)})
+
+
+def label_fraction_inputs(wildcards):
+    """The probe on part of the labels reads the features; fine-tuning, what fine-tuning reads."""
+    if wildcards.stage == "probe":
+        return {"features": L.features_file(config, run_of(wildcards), wildcards.eval_dataset)}
+    return finetune_inputs(wildcards)
+
+
+def label_fraction_settings(wildcards):
+    fraction = float(wildcards.fraction)
+    if wildcards.stage == "probe":
+        return vc.settings_hash({**vc.eval_settings(config, wildcards.eval_dataset), **vc.label_subset_settings(config, fraction)})
+    return finetune_hash(wildcards, fraction)
+
+
+def run_metric_files(run):
+    """Every metric file the config asks of `run` (metric stages, attention, label fractions, fine-tuning)."""
+    return [L.metrics_file(config, run, stage, eval_dataset, fraction) for stage, eval_dataset, fraction in vc.run_evaluations(config, run)]
+
+
 def figure_inputs(wildcards):
     """What each figure is drawn from."""
     dataset, name = wildcards.dataset, wildcards.figure
     if name == "derivatives":
         return index_inputs(dataset)
-    if name == "bars":
+    if name in ("bars", "label_efficiency"):
         return [L.summary_file(config, dataset, ".csv")]
     if name == "curves":
         return [L.final_checkpoint(config, r) for r in RUNS if r.dataset == dataset]
@@ -235,6 +274,7 @@ FIGURE_CAPTIONS = {
     "attention": "Grad-CAM attention of the encoder's last block: frames | baseline | ViDiDi (paper Fig. 5).",
     "curves": "Training loss and its terms per framework; baseline dashed, ViDiDi solid.",
     "bars": "Retrieval R@1, linear-probe top-1 and detection mAP@0.5 on the test split, baseline vs ViDiDi.",
+    "label_efficiency": "Top-1 on the test split against the share of labelled training videos, for the linear probe and end-to-end fine-tuning: baseline, ViDiDi and the random initialisation (frozen: the floor; fine-tuned: the scratch baseline); mean ± sd over seeds.",
 }
 
 

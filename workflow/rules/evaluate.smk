@@ -48,6 +48,52 @@ rule metric:
         "vididi {wildcards.stage} --dataset {wildcards.dataset} --run {wildcards.run} --eval-dataset {wildcards.eval_dataset} > {log} 2>&1"
 
 
+rule finetune:
+    """Fine-tune a run's encoder end to end with a new linear head on an evaluation dataset (top-1/top-5; resumable)."""
+    input:
+        unpack(finetune_inputs),
+    output:
+        L.metrics_file(config, RUN, "finetune", "{eval_dataset}"),
+    log:
+        L.run_log(config, RUN, "finetune-{eval_dataset}"),
+    conda:
+        CONDA_ENV
+    benchmark:
+        L.run_benchmark(config, RUN, "finetune-{eval_dataset}")
+    params:
+        settings=finetune_hash,
+    threads: config["threads"]
+    resources:
+        gpu=max(config["pretrain"]["gpus"], 1 if config["device"] == "cuda" else 0),
+    shell:
+        "vididi finetune --dataset {wildcards.dataset} --run {wildcards.run} --eval-dataset {wildcards.eval_dataset} > {log} 2>&1"
+
+
+rule label_fraction:
+    """The linear probe or fine-tuning on a share of the labelled train videos (evaluation.label_fractions)."""
+    input:
+        unpack(label_fraction_inputs),
+    output:
+        L.metrics_file(config, RUN, "{stage}", "{eval_dataset}", "{fraction}"),
+    log:
+        L.run_log(config, RUN, "{stage}-{eval_dataset}-labels-{fraction}"),
+    conda:
+        CONDA_ENV
+    benchmark:
+        L.run_benchmark(config, RUN, "{stage}-{eval_dataset}-labels-{fraction}")
+    wildcard_constraints:
+        stage="probe|finetune",
+        fraction=r"0\.[0-9]+",
+    params:
+        settings=label_fraction_settings,
+    threads: config["threads"]
+    resources:
+        gpu=lambda w: 0 if w.stage == "probe" else max(config["pretrain"]["gpus"], 1 if config["device"] == "cuda" else 0),
+    shell:
+        "vididi {wildcards.stage} --dataset {wildcards.dataset} --run {wildcards.run} --eval-dataset {wildcards.eval_dataset} "
+        "--label-fraction {wildcards.fraction} > {log} 2>&1"
+
+
 rule summary:
     """Summary table (CSV + Markdown, mean ± std over seeds) of every run pretrained on a dataset."""
     input:
