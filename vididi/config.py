@@ -334,6 +334,8 @@ def raw_settings(config: dict, dataset: str) -> dict:
 # legacy value (configs/legacy-protocol.yaml) reproduces an older table.
 SYNTHETIC_NEW_DEFAULTS = {"scene_bias": 0, "scene_pool": 8, "ooc_split": False}
 BYOL_NEW_DEFAULTS = {"tau_final": 1.0}
+# since 0.2.0 (the BYOL study): the LARS trust coefficient and the predictor's learning-rate scale
+PRETRAIN_NEW_DEFAULTS = {"lars_eta": 0.001, "predictor_lr_scale": 1.0}
 EVALUATION_LEGACY = {"target_encoder": False}
 DETECTION_LEGACY = {"c_selection": "windows"}
 ANALYSIS_LEGACY = {"cam_target": "feature_norm"}
@@ -381,7 +383,8 @@ def data_owner(config: dict, dataset: str) -> str:
     return next(name for name in datasets if key(name) == own)
 
 
-NOT_WEIGHTS = ("log_every", "checkpoint_every", "num_workers", "gpus", "nodes", "compile", "fused_optimizer")
+NOT_WEIGHTS = ("log_every", "checkpoint_every", "num_workers", "gpus", "nodes", "compile", "fused_optimizer",
+               "monitor_every", "monitor_videos")
 
 
 def pretrain_settings(config: dict, run: Run) -> dict:
@@ -405,7 +408,14 @@ def pretrain_settings(config: dict, run: Run) -> dict:
     else:
         settings["framework"] = {"name": run.framework}
     _apply_variant_overrides(settings, config["variants"][run.variant], run.framework)
+    settings["pretrain"] = without_new_defaults(settings["pretrain"], PRETRAIN_NEW_DEFAULTS)
     return settings
+
+
+def run_pretrain_options(config: dict, settings: dict) -> dict:
+    """The pretrain section a run trains with: the global keys, then its settings (a variant's
+    overrides included; a new key left out of the settings at its default takes that default)."""
+    return {**config["pretrain"], **PRETRAIN_NEW_DEFAULTS, **settings["pretrain"]}
 
 
 def _apply_variant_overrides(settings: dict, variant: dict, framework: str) -> None:

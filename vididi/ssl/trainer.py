@@ -6,7 +6,8 @@ the device, become centred float clips, and D_a(V), D_b(V') (derivatives.py) fee
 Outputs in results/<dataset>/runs/<run>/:
     checkpoints/last.pt   full training state, every `checkpoint_every` steps and at the end
     checkpoints/final.pt  the trained encoder + what evaluation needs (the rule's output)
-    train_log.csv         step, epoch, loss, loss terms, order pair, lr, clips/s (one row per step)
+    train_log.csv         step, epoch, loss, loss terms, order pair, lr, clips/s (one row per step), and
+                          with `pretrain.monitor_every` the online kNN monitor's R@1 (monitor.py)
     train_info.json       wall time, steps, device, settings
 
 Crash safety: checkpoints are written atomically. Re-running an interrupted run (last.pt short of
@@ -48,7 +49,10 @@ from .derivatives import derivative_view
 from .distributed import convert_sync_batchnorm, is_main, world
 from .encoder import resolve_device
 from .frameworks import Framework, build_framework
+from .lars import LARS
 from .models import build_backbone
+from .monitor import COLUMN as MONITOR_COLUMN
+from .monitor import KnnMonitor, monitor_videos
 from .schedule import BalancedSchedule
 
 log = get_logger()
@@ -103,17 +107,36 @@ def compile_model(model: torch.nn.Module, device: torch.device, switch="auto") -
 
 
 def make_optimizer(model: torch.nn.Module, pretrain: dict, device: torch.device | str = "cpu") -> torch.optim.Optimizer:
-    """AdamW or SGD; no weight decay on biases and normalisation parameters (1-d tensors). AdamW uses
-    the fused kernel when `pretrain.fused_optimizer` says so (auto: on CUDA; same state_dict)."""
+    """AdamW, SGD or LARS; no weight decay (and, for LARS, no trust ratio) on biases and normalisation
+    parameters (1-d tensors). A `predictor` head (BYOL) gets `lr * predictor_lr_scale` when the scale
+    is not 1, in groups of its own after the others. AdamW uses the fused kernel when
+    `pretrain.fused_optimizer` says so (auto: on CUDA; same state_dict)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": pretrain["weight_decay"]},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-    ]
+    scale = pretrain.get("predictor_lr_scale", 1.0)
+    predictor = getattr(model, "predictor", None)
+    in_predictor = {id(p) for p in predictor.parameters()} if scale != 1.0 and predictor is not None else set()
+    lars = pretrain["optimizer"] == "lars"
+
+    def groups(tensors: list, lr: float) -> list[dict]:
+        decayed = {"params": [p for p in tensors if p.ndim > 1], "weight_decay": pretrain["weight_decay"]}
+        plain = {"params": [p for p in tensors if p.ndim <= 1], "weight_decay": 0.0}
+        out = [decayed, plain]
+        if lars:
+            decayed["adapt"], plain["adapt"] = True, False
+        if lr != pretrain["lr"]:
+            for group in out:
+                group["lr"] = lr
+        return out
+
+    param_groups = groups([p for p in params if id(p) not in in_predictor], pretrain["lr"])
+    if in_predictor:
+        param_groups += groups([p for p in params if id(p) in in_predictor], pretrain["lr"] * scale)
     if pretrain["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=pretrain["lr"], momentum=pretrain["momentum"])
+        return torch.optim.SGD(param_groups, lr=pretrain["lr"], momentum=pretrain["momentum"])
+    if lars:
+        return LARS(param_groups, lr=pretrain["lr"], momentum=pretrain["momentum"], eta=pretrain.get("lars_eta", 0.001))
     fused = on_cuda_when_auto(pretrain.get("fused_optimizer", "auto"), device)
-    return torch.optim.AdamW(groups, lr=pretrain["lr"], **({"fused": True} if fused else {}))
+    return torch.optim.AdamW(param_groups, lr=pretrain["lr"], **({"fused": True} if fused else {}))
 
 
 @dataclass
@@ -192,7 +215,7 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
     device = _rank_device(config["device"], rank)
     index = DatasetIndex.for_dataset(config, run.dataset)
     # (settings omit the keys that do not change weights, and carry a variant's pretrain overrides)
-    clips_cfg, pre = settings["clips"], {**config["pretrain"], **settings["pretrain"]}
+    clips_cfg, pre = settings["clips"], cfgmod.run_pretrain_options(config, settings)
     model = build_model(settings, num_classes=len(index.classes)).to(device)
     if pre["precision"] == "fp64":  # exact-arithmetic checks (DDP == one process); slow
         model = model.double()
@@ -234,16 +257,25 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
     sampler = StepBatches(train_videos, pre["batch_size"], run.seed, start_step, total, rank, world_size)
     batches = loader(TrainClips(index, clips_cfg, settings["augment"]), pre["num_workers"], batch_sampler=sampler)
 
-    logger = _TrainLog(layout.train_log(config, run), start_step, len(train_videos), pre["batch_size"]) if is_main() else None
+    monitor = _make_monitor(index, settings, pre, device) if pre["monitor_every"] and is_main() else None
+    logger = (_TrainLog(layout.train_log(config, run), start_step, len(train_videos), pre["batch_size"],
+                        monitor=monitor is not None) if is_main() else None)  # fmt: skip
     model.train()
     bar = progress(total=total, initial=start_step, desc=run.name, unit="step", **({} if is_main() else {"disable": True}))
     tick = time.time()
+    monitor_seconds = 0.0
     for step, batch in enumerate(batches, start=start_step):
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
         loss, terms, pair = trainer.step(step, batch)
-        if logger:
-            logger.add(step, loss, terms, pair, lr)
         done = step + 1
+        knn = None
+        if monitor is not None and (done % pre["monitor_every"] == 0 or done == total):
+            began = time.time()
+            knn = monitor(trainer.core.encoder if hasattr(trainer.core, "encoder") else trainer.core)
+            tick += time.time() - began  # the clip rate counts training only
+            monitor_seconds += time.time() - began
+        if logger:
+            logger.add(step, loss, terms, pair, lr, knn)
         checkpoint = done % pre["checkpoint_every"] == 0 or done == total
         if done % pre["log_every"] == 0 or checkpoint:
             rows = logger.flush(seconds=time.time() - tick) if logger else []
@@ -251,7 +283,8 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
             _check_finite(rows, loss, step, pair, ckpt_dir)
             if rows:
                 last = rows[-1]
-                bar.set_postfix(loss=f"{last['loss']:.4g}", pair=last["pair"], lr=f"{last['lr']:.2e}", clips_s=last["clips_per_s"])
+                knn_now = {"knn_r1": f"{100 * knn:.1f}"} if knn is not None else {}
+                bar.set_postfix(loss=f"{last['loss']:.4g}", pair=last["pair"], lr=f"{last['lr']:.2e}", clips_s=last["clips_per_s"], **knn_now)
             bar.update(done - bar.n)
         if checkpoint:
             segment.update(to_step=done, seconds=round(time.time() - started, 1))
@@ -264,12 +297,24 @@ def pretrain(config: dict, run: cfgmod.Run) -> Path:
         core = model.module if hasattr(model, "module") else model
         _write_final(layout.final_checkpoint(config, run), core, settings, settings_hash, index, steps=total)
         segment.update(to_step=total, seconds=round(time.time() - started, 1))
+        monitor_info = ({"every": pre["monitor_every"], "videos": len(monitor.videos), "seconds": round(monitor_seconds, 1)}
+                        if monitor is not None else None)  # fmt: skip
         _write_info(out_dir, settings, steps=total, wall=sum(s["seconds"] for s in segments), device=device,
-                    world_size=world_size, segments=segments)
+                    world_size=world_size, segments=segments, monitor=monitor_info)
     if world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
     return layout.final_checkpoint(config, run)
+
+
+def _make_monitor(index: DatasetIndex, settings: dict, pre: dict, device: torch.device) -> KnnMonitor:
+    """The online kNN monitor of a run (vididi/ssl/monitor.py); its encoder copy is built with the
+    global RNG forked, so the training's random streams do not move."""
+    backbone = settings["backbone"]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        copy = build_backbone(backbone["name"], **{k: v for k, v in backbone.items() if k != "name"})
+    videos = monitor_videos(index, pre["monitor_videos"], settings["seed"])
+    return KnnMonitor(index, settings["clips"], videos, settings["variant"]["scaling"], copy, device)
 
 
 def _init_distributed() -> tuple[int, int]:
@@ -303,8 +348,8 @@ class _TrainLog:
     """train_log.csv: one row per step. Losses stay on the device until a flush (one sync per
     `log_every` steps, not per step); a resumed run first drops rows past its checkpoint."""
 
-    def __init__(self, path: Path, start_step: int, n_videos: int, batch_size: int):
-        self.path, self.n_videos, self.batch_size = path, n_videos, batch_size
+    def __init__(self, path: Path, start_step: int, n_videos: int, batch_size: int, monitor: bool = False):
+        self.path, self.n_videos, self.batch_size, self.monitor = path, n_videos, batch_size, monitor
         self.pending: list[tuple] = []
         self.header: list[str] | None = None
         if path.is_file():
@@ -312,12 +357,15 @@ class _TrainLog:
                 rows = list(csv.reader(f))
             if rows:
                 self.header = rows[0]
+                if monitor and MONITOR_COLUMN not in self.header:  # monitored from this segment on
+                    self.header = [*self.header, MONITOR_COLUMN]
                 kept = [r for r in rows[1:] if int(r[0]) < start_step]
                 with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
                     csv.writer(f).writerows([self.header, *kept])
 
-    def add(self, step: int, loss: torch.Tensor, terms: dict, pair, lr: float) -> None:
-        self.pending.append((step, loss, terms, pair, lr))
+    def add(self, step: int, loss: torch.Tensor, terms: dict, pair, lr: float, knn: float | None = None) -> None:
+        """`knn`: the monitor's R@1 after this step, or None (an empty cell) between evaluations."""
+        self.pending.append((step, loss, terms, pair, lr, knn))
 
     def flush(self, seconds: float) -> list[dict]:
         """Append the pending steps (with the clip rate over `seconds`) to the CSV; return them."""
@@ -326,8 +374,9 @@ class _TrainLog:
         rate = round(2 * self.batch_size * len(self.pending) / max(seconds, 1e-9), 1)
         rows = [
             {"step": step, "epoch": step * self.batch_size // self.n_videos, "loss": float(loss),
-             **{k: float(v) for k, v in terms.items()}, "pair": f"{pair[0]}{pair[1]}", "lr": lr, "clips_per_s": rate}
-            for step, loss, terms, pair, lr in self.pending
+             **{k: float(v) for k, v in terms.items()}, "pair": f"{pair[0]}{pair[1]}", "lr": lr, "clips_per_s": rate,
+             **({MONITOR_COLUMN: "" if knn is None else knn} if self.monitor else {})}
+            for step, loss, terms, pair, lr, knn in self.pending
         ]  # fmt: skip
         self.pending = []
         self.header = self.header or list(rows[0])
@@ -422,10 +471,13 @@ def _write_final(path: Path, model, settings: dict, settings_hash: str, index: D
 
 
 def _write_info(out_dir: Path, settings: dict, steps: int, wall: float, device, world_size: int,
-                segments: list[dict] | None = None) -> None:
-    """wall_seconds: the training's time summed over its segments (an interrupted run has several)."""
+                segments: list[dict] | None = None, monitor: dict | None = None) -> None:
+    """wall_seconds: the training's time summed over its segments (an interrupted run has several);
+    `monitor` (when on): every how many steps, on how many videos, and the seconds it took in the
+    last segment (they are part of wall_seconds)."""
     write_json(out_dir / layout.TRAIN_INFO, {
         "steps": steps, "wall_seconds": round(wall, 1), "device": str(device), "processes": world_size,
         "machine": machine(), "finished": time.strftime("%Y-%m-%d"), "code": code_version(),
         "segments": segments or [], "settings_hash": cfgmod.settings_hash(settings), "settings": settings,
+        **({"monitor": monitor} if monitor else {}),
     })  # fmt: skip
