@@ -402,7 +402,10 @@ def pretrain_settings(config: dict, run: Run) -> dict:
         "seed": run.seed,
     }
     if run.framework == "byol":
-        settings["framework"] = {"name": run.framework, **without_new_defaults(config["frameworks"]["byol"], BYOL_NEW_DEFAULTS)}
+        byol = {k: v for k, v in config["frameworks"]["byol"].items() if k != "pretrain"}
+        settings["framework"] = {"name": run.framework, **without_new_defaults(byol, BYOL_NEW_DEFAULTS)}
+        # BYOL's own optimiser keys (since 0.2.0) enter the pretrain settings, as a variant's do
+        settings["pretrain"] = {**settings["pretrain"], **config["frameworks"]["byol"]["pretrain"]}
     elif run.framework in config["frameworks"]:
         settings["framework"] = {"name": run.framework, **config["frameworks"][run.framework]}
     else:
