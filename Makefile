@@ -47,7 +47,7 @@ $(PLAN_VENV)/.installed: envs/plan.txt constraints.txt
 # and the configs/ experiments; only the PNGs already shown and the summary tables are copied.
 DOC_RESULTS = default:results/synthetic full:results/full/synthetic validation:results/validation/synthetic \
   validation-bg8:results/validation/synthetic_bg8 validation-looks0:results/validation/synthetic_looks0 \
-  byol-tuning:results/byol-tuning/synthetic byol:results/byol/synthetic \
+  byol-tau:results/byol-tau/synthetic byol-tuning:results/byol-tuning/synthetic byol:results/byol/synthetic \
   supervised-ceiling:results/supervised-ceiling/synthetic \
   scene-bias-p0:results/scene-bias/sb0 scene-bias-p50:results/scene-bias/sb50 \
   scene-bias-p90:results/scene-bias/sb90 bn-recalibration:results/bn-recalibration/sb0 \

@@ -1,6 +1,6 @@
 """Frame-decode benchmark (a script, not a test): frames/s per CPU core for each way to store shards.
 
-What the loader must deliver (issue 15): at 1,368 clips/s per GPU (compiled R3D-18, H200) and
+What the loader must deliver (the 0.1.0 GPU target): at 1,368 clips/s per GPU (compiled R3D-18, H200) and
 16+2 frames per clip, 1,368 x 18 = 24,624 frames/s per GPU. This script measures, in ONE process
 with ONE thread (so: per core), how many frames/s each storage/decoder delivers when reading
 clips as the loader does (18 frames at stride 2 from a random start: one contiguous read covers the
@@ -47,7 +47,7 @@ from bench_data import make_video  # noqa: E402
 from vididi.data.ffmpeg import ffmpeg_binary  # noqa: E402
 from vididi.data.shards import encode_frame  # noqa: E402
 
-FRAMES_PER_GPU = 1368 * 18  # issue 15: compiled R3D-18 on an H200, 16+2 frames per clip
+FRAMES_PER_GPU = 1368 * 18  # the 0.1.0 target: compiled R3D-18 on an H200, 16+2 frames per clip
 CLIP_FRAMES, STRIDE = 18, 2
 CHUNK = 1 << 18  # the ShardWriter's HDF5 chunk of the flat data array
 

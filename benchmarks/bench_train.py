@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
               f"bare compiled {clips / med['bare compiled']:.1f}, trainer compiled {clips / med['trainer compiled']:.1f}")  # fmt: skip
         print(f"  compiled vs eager: bare {med['bare'] / med['bare compiled']:.2f}x, trainer {med['trainer'] / med['trainer compiled']:.2f}x; "
               f"compiled trainer = {100 * med['bare compiled'] / med['trainer compiled']:.1f}% of the compiled bare loop's rate "
-              f"(issue 15 GPU target >= 90%)")  # fmt: skip
+              f"(GPU target >= 90%, docs/benchmarks.md)")  # fmt: skip
         print(f"  first step (includes compiling): bare {first['bare']:.2f} s, trainer {first['trainer']:.2f} s, "
               f"bare compiled {first['bare compiled']:.2f} s, trainer compiled {first['trainer compiled']:.2f} s")  # fmt: skip
     print(f"  load average: {os.getloadavg()}")

@@ -1,4 +1,4 @@
-"""The GPU-speed switches of pretraining (issue 15): `pretrain.compile` and `pretrain.fused_optimizer`.
+"""The GPU-speed switches of pretraining (0.1.0): `pretrain.compile` and `pretrain.fused_optimizer`.
 
 Their defaults (auto) must leave CPU training exactly as it was: no compilation, the for-each AdamW.
 """

@@ -19,6 +19,7 @@ from torch import nn
 
 from vididi.ssl.distributed import GlobalBatchNorm, convert_sync_batchnorm, gather, is_main, world
 from vididi.ssl.frameworks import BYOL, build_framework, framework_options
+from vididi.ssl.losses import byol
 from vididi.ssl.models import build_backbone
 from vididi.utils import VididiError
 
@@ -49,7 +50,7 @@ def tiny_batch(n: int = 8, seed: int = 1):
 # ------------------------------------------------------------------------------- frameworks
 
 
-@pytest.mark.parametrize("name", ["simclr", "vicreg", "byol", "supervised"])
+@pytest.mark.parametrize("name", ["simclr", "vicreg", "supervised"])  # BYOL: the exact tests below
 def test_loss_is_finite_and_decreases_under_sgd(name):
     model = tiny_framework(name)
     x1, x2, labels = tiny_batch()
@@ -125,6 +126,140 @@ def test_byol_target_gets_no_gradient_and_follows_the_ema_formula():
         torch.testing.assert_close(target[key], expected, rtol=1e-6, atol=1e-7)
         changed += int(not torch.equal(target[key], before[key]))
     assert changed > 0
+
+
+def byol_reference_loss(model: BYOL, x1, x2):
+    """BYOL's loss written out from the paper (Grill et al. 2020, eq. 2 and its symmetrisation), on
+    copies of the model's modules, all in train mode (batch statistics, as BYOL runs its target):
+    the online network (encoder, projector, then predictor) of each view predicts the target
+    network's (encoder, projector; no predictor) projection of the OTHER view, a constant."""
+    online = [copy.deepcopy(m).train() for m in (model.encoder, model.projector, model.predictor)]
+    target = [copy.deepcopy(m).train() for m in (model.target_encoder, model.target_projector)]
+
+    def q(x):
+        return online[2](online[1](online[0](x)))
+
+    def z_target(x):
+        with torch.no_grad():
+            return target[1](target[0](x))
+
+    def regression(p, z):  # 2 - 2 cos, averaged over the batch
+        return (2 - 2 * nn.functional.cosine_similarity(p, z, dim=1)).mean()
+
+    loss = regression(q(x1), z_target(x2)) + regression(q(x2), z_target(x1))
+    return loss, online
+
+
+def moved_target(seed: int = 0) -> BYOL:
+    """A tiny BYOL whose target differs from its online network (as after some EMA steps), so that
+    any mix-up of the two networks changes the loss."""
+    model = tiny_framework("byol", seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for p in [*model.target_encoder.parameters(), *model.target_projector.parameters()]:
+            p.add_(0.3 * p.abs().mean() * torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_byol_loss_is_the_symmetric_prediction_of_the_other_views_target():
+    x1, x2, _ = tiny_batch()
+    model = moved_target()
+    expected, online = byol_reference_loss(model, x1, x2)
+    loss, terms = model(x1, x2)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert terms["byol"].item() == loss.item()
+    # the value tells the right loss from the plausible wrong ones: same-view pairs, the predictor
+    # on the target too, no symmetrisation, the online network as its own target
+    with torch.no_grad():
+        p = [model.predictor(model.projector(model.encoder(x))) for x in (x1, x2)]
+        t = [model.target_projector(model.target_encoder(x)) for x in (x1, x2)]
+        wrong = {
+            "same view": byol(p[0], t[0]) + byol(p[1], t[1]),
+            "predictor on target": byol(p[0], model.predictor(t[1])) + byol(p[1], model.predictor(t[0])),
+            "one direction": 2 * byol(p[0], t[1]),
+            "online as target": byol(p[0], model.projector(model.encoder(x2))) + byol(p[1], model.projector(model.encoder(x1))),
+        }
+    for name, value in wrong.items():
+        assert abs(value.item() - expected.item()) > 1e-3, name
+    # swapping the views gives the same loss (the symmetrised form), exactly
+    assert model(x2, x1)[0].item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_byol_gradient_reaches_the_online_network_only_through_its_own_branch():
+    x1, x2, _ = tiny_batch()
+    model = moved_target()
+    expected, online = byol_reference_loss(model, x1, x2)
+    expected.backward()
+    loss, _ = model(x1, x2)
+    loss.backward()
+    # the target is a separate network that gets no gradient (stop-gradient), ...
+    target_params = [*model.target_encoder.parameters(), *model.target_projector.parameters()]
+    online_params = [*model.encoder.parameters(), *model.projector.parameters(), *model.predictor.parameters()]
+    assert all(not p.requires_grad and p.grad is None for p in target_params)
+    assert not {p.data_ptr() for p in target_params} & {p.data_ptr() for p in online_params}
+    # ... and the online gradient is that of the reference loss with the target's outputs held constant
+    reference = [p for module in online for p in module.parameters()]
+    assert len(reference) == len(online_params)
+    for ours, theirs in zip(online_params, reference):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-6)
+    assert all(p.grad.abs().sum() > 0 for p in model.predictor.parameters())  # the predictor learns
+
+
+def trainer_for(model, lr: float, total: int):
+    """The real training step (vididi.ssl.trainer.Trainer) around `model`, on frames only, with SGD."""
+    from vididi.ssl.schedule import BalancedSchedule
+    from vididi.ssl.trainer import StepInput, Trainer
+
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    step_input = StepInput(mean=[0.0, 0.0, 0.0], sigma=[1.0, 1.0, 1.0], frames=8, scaling="none")
+    return Trainer(model, optimizer, scheduler, BalancedSchedule("frames_only", seed=0), step_input,
+                   torch.device("cpu"), "fp32", False, None, total)  # fmt: skip
+
+
+def uint8_batch(n: int = 8, seed: int = 3):
+    """A batch as TrainClips yields it: two uint8 clips of T + 2 frames and identity colour maps."""
+    g = torch.Generator().manual_seed(seed)
+    clips = [torch.randint(0, 256, (n, 3, 10, 16, 16), generator=g, dtype=torch.uint8) for _ in range(2)]
+    identity = torch.cat([255 * torch.eye(3), torch.zeros(3, 1)], dim=1).expand(n, 3, 4)
+    return clips[0], clips[1], identity, identity, torch.zeros(n, dtype=torch.long)
+
+
+def test_byol_ema_follows_the_optimiser_step_with_the_scheduled_tau():
+    # Trainer.step: backward, optimiser step, THEN target <- tau_k target + (1 - tau_k) online with
+    # the online weights just updated and tau_k = byol_tau(k, total) (here 0.5 rising to 0.9).
+    total = 4
+    model = build_framework("byol", build_backbone("small3d", widths=TINY_WIDTHS),
+                            {**SSL_OPTIONS["byol"], "tau_base": 0.5, "tau_final": 0.9})  # fmt: skip
+    trainer = trainer_for(model, lr=0.5, total=total)
+    online = [*model.encoder.parameters(), *model.projector.parameters()]
+    target = [*model.target_encoder.parameters(), *model.target_projector.parameters()]
+    buffers = lambda: [b.clone() for b in model.target_encoder.buffers()]  # noqa: E731
+    for step in range(total):
+        before_target = [p.detach().double().clone() for p in target]
+        before_online = [p.detach().double().clone() for p in online]
+        model.train()
+        batch = uint8_batch(seed=step)
+        trainer.step(step, batch)
+        tau = 0.9 - (0.9 - 0.5) * (math.cos(math.pi * step / total) + 1) / 2  # BYOL's cosine rise
+        assert model.tau == pytest.approx(tau, rel=1e-12)
+        right = [tau * t + (1 - tau) * o.detach().double() for t, o in zip(before_target, online)]
+        wrong_order = [tau * t + (1 - tau) * o for t, o in zip(before_target, before_online)]
+        for p, expected in zip(target, right):
+            torch.testing.assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-6)
+        # the check has power: updating the target before the optimiser step would be far off
+        gap = max((w - r).abs().max().item() for w, r in zip(wrong_order, right))
+        assert gap > 1e-3, gap
+
+    # the EMA moves parameters only: the target's BatchNorm statistics are its own (train-mode
+    # forwards of the target), never averaged in from the online network
+    marker = buffers()
+    model.after_step(0, total)
+    for ours, saved in zip(model.target_encoder.buffers(), marker):
+        assert torch.equal(ours, saved)
+    target_running = model.target_encoder.stem[1].running_mean.clone()
+    online_running = model.encoder.stem[1].running_mean.clone()
+    assert not torch.equal(target_running, online_running)  # each network's own statistics
 
 
 @pytest.mark.parametrize("name", ["simclr", "vicreg", "byol", "supervised"])

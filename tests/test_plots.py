@@ -138,6 +138,24 @@ def test_curves_figure(tmp_path):
         plots.curves_figure({"vicreg-base": logs[("vicreg", "base")]})
 
 
+def test_curves_figure_draws_the_knn_monitor_in_a_second_row(tmp_path):
+    steps = np.arange(0, 100, 5)
+    logs = {("byol", "base"): {"step": steps, "loss": np.exp(-steps / 50)},
+            ("byol", "vididi"): {"step": steps, "loss": np.exp(-steps / 40)}}  # fmt: skip
+    monitor = {("byol", "vididi"): (np.array([24, 49, 99]), np.array([0.1, 0.3, 0.55]))}
+    fig = plots.curves_figure(logs, smooth_window=3, monitor=monitor)
+    _check_png(plots.save_figure(fig, tmp_path / "curves"), tmp_path, "curves", 3.0 + 1.5, 5.0)
+    loss_panel, monitor_panel = fig.axes
+    assert len(loss_panel.lines) == 2 and monitor_panel.get_ylabel() == "kNN monitor R@1 (%)"
+    (line,) = monitor_panel.lines  # unsmoothed, in %, with the ViDiDi line style
+    xs, ys = line.get_data()
+    np.testing.assert_allclose(xs, [24, 49, 99])
+    np.testing.assert_allclose(ys, [10, 30, 55])
+    assert line.get_linestyle() == "-"
+    # no monitor values: the one-row figure of before
+    assert len(plots.curves_figure(logs, monitor={}).axes) == 1
+
+
 def test_bars_figure(tmp_path):
     rows = [
         {"framework": "vicreg", "variant": "vididi", "seed": 0, "recall@1": 0.5, "map": None},

@@ -1,4 +1,4 @@
-"""Issue 13, the science made checkable: BatchNorm cancels input scaling, a class-discriminative
+"""The 0.1.0 protocol made checkable: BatchNorm cancels input scaling, a class-discriminative
 Grad-CAM target on a constructed case, detection C chosen by video, BYOL target features, the
 experiment configs."""
 
@@ -240,15 +240,27 @@ def test_variant_overrides_and_unchanged_hashes(tmp_path):
     assert tuned["pretrain"]["lr"] == 0.004 and tuned["pretrain"]["steps"] == 7
     assert tuned["framework"]["tau_base"] == tuned["framework"]["tau_final"] == 0.9  # a constant tau
     assert "tau_final" not in plain["framework"]  # at its default: the hash of older BYOL runs holds
-    # the budget is recorded in steps only (pretrain.epochs resolves to steps): older hashes hold
-    assert plain["pretrain"] == {k: v for k, v in base["pretrain"].items() if k not in (*cfgmod.NOT_WEIGHTS, "epochs")}
+    # the budget is recorded in steps only (pretrain.epochs resolves to steps), and the keys added since
+    # 0.2.0 are left out at their defaults: older hashes hold
+    assert plain["pretrain"] == {k: v for k, v in base["pretrain"].items()
+                                 if k not in (*cfgmod.NOT_WEIGHTS, "epochs", "lars_eta", "predictor_lr_scale")}  # fmt: skip
     constant = tiny_config(tmp_path, frameworks={"byol": {"tau_base": 0.96, "tau_final": 0.96}},
                            runs=[{"dataset": "synthetic", "framework": "byol"}])  # fmt: skip
     assert cfgmod.pretrain_settings(constant, cfgmod.expand_runs(constant)[0])["framework"]["tau_final"] == 0.96
     with pytest.raises(cfgmod.ConfigError, match="tau_base 0.99 is above tau_final 0.9"):
         tiny_config(tmp_path, frameworks={"byol": {"tau_final": 0.9}}, runs=[{"dataset": "synthetic", "framework": "byol"}])
-    # the evaluation defaults are the issue-13 protocol (hashed, so older outputs are remade); the
-    # legacy values leave the evaluation hashes exactly as before issue 13
+    # BYOL's own optimiser keys reach BYOL runs only, and a variant's own overrides win over them
+    own = tiny_config(tmp_path, frameworks={"byol": {"pretrain": {"optimizer": "lars", "lr": 2.0}}},
+                      runs=[{"dataset": "synthetic", "framework": ["byol", "vicreg"], "variant": ["base", "t90"]}],
+                      variants={"t90": {"schedule": "frames_only", "pretrain": {"lr": 0.004}}})  # fmt: skip
+    made = {(r.framework, r.variant): cfgmod.pretrain_settings(own, r) for r in cfgmod.expand_runs(own)}
+    assert made["byol", "base"]["pretrain"] == {**plain["pretrain"], "optimizer": "lars", "lr": 2.0}
+    assert cfgmod.run_pretrain_options(own, made["byol", "base"])["optimizer"] == "lars"  # what the trainer uses
+    assert made["byol", "t90"]["pretrain"]["optimizer"] == "lars" and made["byol", "t90"]["pretrain"]["lr"] == 0.004
+    assert made["vicreg", "base"]["pretrain"] == plain["pretrain"]
+    assert "pretrain" not in made["byol", "base"]["framework"]  # hashed once, in the pretrain settings
+    # the evaluation defaults are the 0.1.0 protocol (hashed, so older outputs are remade); the
+    # legacy values leave the evaluation hashes exactly as before 0.1.0
     ev = cfgmod.evaluation_settings(base)
     assert ev["target_encoder"] is True and ev["detection"]["c_selection"] == "videos"
     assert cfgmod.analysis_settings(base) == [{"cam_target": "probe_logit"}]
@@ -260,7 +272,7 @@ def test_variant_overrides_and_unchanged_hashes(tmp_path):
 
 
 # each experiment config with the configs it is layered on (after config.yaml)
-EXPERIMENTS = {"byol-tuning": [], "byol": [], "scene-bias": [], "scene-style": [], "bn-recalibration": ["scene-bias"], "supervised-ceiling": [],
+EXPERIMENTS = {"byol-tau": [], "byol-tuning": [], "byol": [], "scene-bias": [], "scene-style": [], "bn-recalibration": ["scene-bias"], "supervised-ceiling": [],
                "legacy-protocol": ["synthetic-full"]}  # fmt: skip
 
 
@@ -271,12 +283,12 @@ def test_experiment_configs_validate(name):
     runs = cfgmod.expand_runs(config)
     assert runs
     for run in runs:  # choosing nothing on test: tuning configs use split 2
-        if name in ("byol-tuning", "supervised-ceiling"):
+        if name in ("byol-tau", "byol-tuning", "supervised-ceiling"):
             assert config["datasets"][run.dataset]["split"] == "2"
 
 
 # --------------------------------------------------------------------------------------------------
-# The issue-13 protocol (the defaults) end to end on the tiny dataset: a BYOL run with a constant tau,
+# The 0.1.0 protocol (the defaults) end to end on the tiny dataset: a BYOL run with a constant tau,
 # its target encoder's features, the probe-logit attention and the detection C chosen by video
 
 

@@ -671,3 +671,87 @@ def test_adamw_excludes_1d_parameters_from_weight_decay(tiny_data, tmp_path, fra
     sgd = make_optimizer(model, {**pre, "optimizer": "sgd", "momentum": 0.8})
     assert isinstance(sgd, torch.optim.SGD) and all(g["momentum"] == 0.8 for g in sgd.param_groups)
     assert sorted(g["weight_decay"] for g in sgd.param_groups) == [0.0, 0.5]
+
+
+def test_lars_follows_the_hand_worked_update():
+    from vididi.ssl.lars import LARS
+
+    w0 = np.array([[1.0, -2.0], [0.5, 3.0]])
+    b0 = np.array([0.2, -0.1])
+    grads = [(np.array([[0.3, 0.1], [-0.2, 0.4]]), np.array([0.05, -0.3])),
+             (np.array([[-0.1, 0.2], [0.6, -0.5]]), np.array([0.4, 0.1]))]  # fmt: skip
+    w = torch.tensor(w0, requires_grad=True)
+    b = torch.tensor(b0, requires_grad=True)
+    lr, momentum, wd, eta = 0.2, 0.9, 0.1, 0.5
+    optimizer = LARS([{"params": [w], "weight_decay": wd}, {"params": [b], "weight_decay": 0.0, "adapt": False}],
+                     lr=lr, momentum=momentum, eta=eta)  # fmt: skip
+    # by hand: u = g + wd w, r = eta |w| / |u|, v <- momentum v + r u (v0 = 0), w <- w - lr v;
+    # the bias (adapt off, no decay) is plain SGD with momentum
+    hand_w, hand_b, v_w, v_b = w0.copy(), b0.copy(), 0.0, 0.0
+    for g_w, g_b in grads:
+        w.grad, b.grad = torch.tensor(g_w), torch.tensor(g_b)
+        optimizer.step()
+        u = g_w + wd * hand_w
+        v_w = momentum * v_w + eta * np.linalg.norm(hand_w) / np.linalg.norm(u) * u
+        hand_w = hand_w - lr * v_w
+        v_b = momentum * v_b + g_b
+        hand_b = hand_b - lr * v_b
+        np.testing.assert_allclose(w.detach().numpy(), hand_w, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(b.detach().numpy(), hand_b, rtol=1e-12, atol=1e-14)
+    # a zero weight tensor takes the plain step (trust ratio 1), not a NaN or a frozen tensor
+    zero = torch.zeros(2, 2, requires_grad=True)
+    zero.grad = torch.ones(2, 2)
+    LARS([zero], lr=0.1, momentum=0.0).step()
+    assert torch.equal(zero.detach(), torch.full((2, 2), -0.1))
+
+
+def test_lars_and_the_predictor_rate_in_make_optimizer(tiny_data, tmp_path):
+    from vididi.ssl.lars import LARS
+
+    config = make_config(tmp_path, tiny_data, "byol", "base")
+    model = build_model(settings_of(config), num_classes=4)
+    pre = {**config["pretrain"], "lr": 0.1, "weight_decay": 0.5}
+    lars = make_optimizer(model, {**pre, "optimizer": "lars", "lars_eta": 0.02})
+    assert isinstance(lars, LARS)
+    adapted = [(g["adapt"], g["weight_decay"], {p.ndim for p in g["params"]}) for g in lars.param_groups]
+    assert adapted == [(True, 0.5, {2, 5}), (False, 0.0, {1})]  # biases and norms: no trust ratio, no decay
+    assert all(g["eta"] == 0.02 for g in lars.param_groups)
+
+    # the default scale keeps the two groups of before; another scale puts the predictor in two more
+    trainable = sorted(id(p) for p in model.parameters() if p.requires_grad)
+    assert len(make_optimizer(model, pre).param_groups) == 2
+    optimizer = make_optimizer(model, {**pre, "predictor_lr_scale": 10.0})
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.1, 0.1, 1.0, 1.0])
+    assert sorted(id(p) for g in optimizer.param_groups for p in g["params"]) == trainable
+    predictor = {id(p) for p in model.predictor.parameters()}
+    assert {id(p) for g in optimizer.param_groups[2:] for p in g["params"]} == predictor
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.5, 0.0, 0.5, 0.0]
+    # the schedule scales every group alike: the predictor keeps 10x the rate at every step
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, 10, 2, 0.1))
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        assert lrs[2] == pytest.approx(10 * lrs[0]) and lrs[0] == pytest.approx(0.1 * lr_factor(scheduler.last_epoch, 10, 2, 0.1))
+
+
+def test_new_pretrain_keys_keep_old_settings_and_variants_override_them(tiny_data, tmp_path):
+    from vididi.config import run_pretrain_options
+
+    plain = make_config(tmp_path, tiny_data, "byol", "base")
+    explicit = make_config(tmp_path, tiny_data, "byol", "base", predictor_lr_scale=1.0, lars_eta=0.001,
+                           monitor_every=5, monitor_videos=10)  # fmt: skip
+    assert settings_of(plain) == settings_of(explicit)  # defaults and the monitor leave the hash alone
+    assert not {"predictor_lr_scale", "lars_eta", "monitor_every", "monitor_videos"} & set(settings_of(plain)["pretrain"])
+    scaled = make_config(tmp_path, tiny_data, "byol", "base", predictor_lr_scale=4.0)
+    assert settings_of(scaled)["pretrain"]["predictor_lr_scale"] == 4.0
+    assert run_pretrain_options(scaled, settings_of(scaled))["predictor_lr_scale"] == 4.0
+    # a variant back at the default under a global 4.0 trains with 1.0 (its settings omit the key)
+    from conftest import tiny_config
+
+    back = tiny_config(tmp_path, data_dir=tiny_data[0]["data_dir"], pretrain={"predictor_lr_scale": 4.0},
+                       variants={"one": {"schedule": "frames_only", "pretrain": {"predictor_lr_scale": 1.0, "optimizer": "lars"}}},
+                       runs=[{"dataset": DS, "framework": "byol", "variant": "one"}])  # fmt: skip
+    settings = settings_of(back)
+    assert "predictor_lr_scale" not in settings["pretrain"] and settings["pretrain"]["optimizer"] == "lars"
+    assert run_pretrain_options(back, settings)["predictor_lr_scale"] == 1.0

@@ -474,15 +474,17 @@ def raw_settings(config: dict, dataset: str) -> dict:
     return out
 
 
-# Keys added after results were published (issue 13), with the value that reproduces the older
+# Keys added after results were published (0.1.0), with the value that reproduces the older
 # behaviour. At that value they are left out of settings hashes and recorded settings, so outputs made
 # before the keys existed stay valid where the behaviour did not change (a default dataset is
 # byte-identical to an older one). The dataset and BYOL keys default to that value; the evaluation
-# keys (*_LEGACY) now default to the issue-13 protocol, so their outputs are remade once, and the
+# keys (*_LEGACY) now default to the 0.1.0 protocol, so their outputs are remade once, and the
 # legacy value (configs/legacy-protocol.yaml) reproduces an older table.
 SYNTHETIC_NEW_DEFAULTS = {"scene_bias": 0, "scene_pool": 8, "ooc_split": False, "scenes": "exact"}
 BYOL_NEW_DEFAULTS = {"tau_final": 1.0}
 AUGMENT_NEW_DEFAULTS = {"background_erasing": {"p": 0, "max_weight": 0.3}, "fame": {"p": 0, "foreground": 0.3}}
+# since 0.2.0 (the BYOL study): the LARS trust coefficient and the predictor's learning-rate scale
+PRETRAIN_NEW_DEFAULTS = {"lars_eta": 0.001, "predictor_lr_scale": 1.0}
 EVALUATION_LEGACY = {"target_encoder": False}
 DETECTION_LEGACY = {"c_selection": "windows"}
 ANALYSIS_LEGACY = {"cam_target": "feature_norm"}
@@ -490,7 +492,7 @@ PROBE_NEW_DEFAULTS = {"solver": "sklearn"}  # since 0.3: the torch probe for lar
 
 
 def evaluation_settings(config: dict) -> dict:
-    """What evaluation outputs depend on in `evaluation` (issue-13 keys at their legacy values left out)."""
+    """What evaluation outputs depend on in `evaluation` (0.1.0 keys at their legacy values left out)."""
     ev = without_new_defaults(evaluation_section(config), EVALUATION_LEGACY)
     return {**ev, "probe": without_new_defaults(ev["probe"], PROBE_NEW_DEFAULTS),
             "detection": without_new_defaults(ev["detection"], DETECTION_LEGACY)}
@@ -550,7 +552,8 @@ def data_owner(config: dict, dataset: str) -> str:
     return next(name for name in datasets if key(name) == own)
 
 
-NOT_WEIGHTS = ("log_every", "checkpoint_every", "num_workers", "gpus", "nodes", "compile", "fused_optimizer", "augment_on")
+NOT_WEIGHTS = ("log_every", "checkpoint_every", "num_workers", "gpus", "nodes", "compile", "fused_optimizer", "augment_on",
+               "monitor_every", "monitor_videos")
 
 
 def pretrain_settings(config: dict, run: Run) -> dict:
@@ -620,24 +623,41 @@ def _unresolved_pretrain_settings(config: dict, run: Run) -> dict:
     if numerics(config):
         settings["numerics"] = numerics(config)
     if run.framework == "byol":
-        settings["framework"] = {"name": run.framework, **without_new_defaults(config["frameworks"]["byol"], BYOL_NEW_DEFAULTS)}
+        byol = {k: v for k, v in config["frameworks"]["byol"].items() if k != "pretrain"}
+        settings["framework"] = {"name": run.framework, **without_new_defaults(byol, BYOL_NEW_DEFAULTS)}
+        # BYOL's own optimiser keys (since 0.2.0) enter the pretrain settings, as a variant's do
+        settings["pretrain"] = _override_pretrain(settings["pretrain"], config["frameworks"]["byol"]["pretrain"])
     elif run.framework in config["frameworks"]:
         settings["framework"] = {"name": run.framework, **config["frameworks"][run.framework]}
     else:
         settings["framework"] = {"name": run.framework}
     _apply_variant_overrides(settings, config["variants"][run.variant], run.framework)
+    settings["pretrain"] = without_new_defaults(settings["pretrain"], PRETRAIN_NEW_DEFAULTS)
     return settings
+
+
+def run_pretrain_options(config: dict, settings: dict) -> dict:
+    """The pretrain section a run trains with: the global keys, then its settings (a variant's
+    overrides included; a new key left out of the settings at its default takes that default)."""
+    return {**config["pretrain"], **PRETRAIN_NEW_DEFAULTS, **settings["pretrain"]}
 
 
 def _apply_variant_overrides(settings: dict, variant: dict, framework: str) -> None:
     """A variant's `pretrain` / `frameworks.<name>` keys replace the global ones for its runs (a
     variant without them leaves `settings` exactly as before, so existing runs keep their hash)."""
     if variant.get("pretrain"):
-        budget = {"steps": None, "epochs": None} if {"steps", "epochs"} & set(variant["pretrain"]) else {}
-        settings["pretrain"] = {**settings["pretrain"], **budget, **variant["pretrain"]}  # a budget replaces the other unit
+        settings["pretrain"] = _override_pretrain(settings["pretrain"], variant["pretrain"])
     options = variant.get("frameworks", {}).get(framework)
     if options:
         settings["framework"] = {**settings["framework"], **options}
+
+
+def _override_pretrain(pretrain: dict, overrides: dict) -> dict:
+    """`pretrain` with `overrides` (a framework's or a variant's keys); a budget replaces the other unit."""
+    if not overrides:
+        return pretrain
+    budget = {"steps": None, "epochs": None} if {"steps", "epochs"} & set(overrides) else {}
+    return {**pretrain, **budget, **overrides}
 
 
 def run_hash(settings: dict, data_content: str) -> str:

@@ -348,6 +348,7 @@ def curves_figure(
     terms: Sequence[str] | None = None,
     smooth_window: int = 1,
     log_y: bool = False,
+    monitor: Mapping[tuple[str, str], tuple[object, object]] | None = None,
 ) -> Figure:
     """Training loss and its terms: one panel per framework, baseline dashed, ViDiDi solid.
 
@@ -355,7 +356,9 @@ def curves_figure(
     or "vididi" (others get dotted / dash-dot lines). `terms` selects the curves (default: every key
     except "step"); each term has one colour in every panel ("loss" is black). `smooth_window` > 1
     plots the trailing moving average over that many logged points (the first window-1 are dropped).
-    Size: width = 3.0 * frameworks + 1.5 in, height = 2.5 in.
+    `monitor`: (framework, variant) -> (steps, R@1 as fractions) of the online kNN monitor, drawn
+    unsmoothed with markers in a second row of panels (in %); absent or empty: one row.
+    Size: width = 3.0 * frameworks + 1.5 in, height = 2.5 in per row.
     """
     if not logs:
         raise VididiError("curves_figure needs at least one run log")
@@ -364,6 +367,7 @@ def curves_figure(
     for key in logs:
         if not (isinstance(key, tuple) and len(key) == 2):
             raise VididiError(f"logs keys must be (framework, variant) tuples, got {key!r}")
+    monitor = {key: value for key, value in (monitor or {}).items() if key in logs}
     all_terms = terms if terms is not None else sorted({k for log in logs.values() for k in log if k != "step"})
     all_terms = ["loss"] * ("loss" in all_terms) + [k for k in all_terms if k != "loss"]
     colours = dict(zip([k for k in all_terms if k != "loss"], PALETTE[:-1] * len(all_terms)))
@@ -374,8 +378,10 @@ def curves_figure(
     linestyles = {v: _VARIANT_LINESTYLES.get(v) or next(others) for v in variants}
 
     with use_style():
-        fig = _new_figure(3.0 * len(frameworks) + 1.5, 2.5)
-        axes = fig.subplots(1, len(frameworks), squeeze=False)[0]
+        rows = 2 if monitor else 1
+        fig = _new_figure(3.0 * len(frameworks) + 1.5, 2.5 * rows)
+        grid = fig.subplots(rows, len(frameworks), squeeze=False)
+        axes = grid[0]
         drawn: set[str] = set()
         for ax, framework in zip(axes, frameworks):
             for variant in variants:
@@ -401,6 +407,18 @@ def curves_figure(
             if log_y:
                 ax.set_yscale("log")
         axes[0].set_ylabel("loss")
+        if monitor:
+            for ax, framework in zip(grid[1], frameworks):
+                for variant in variants:
+                    if (framework, variant) not in monitor:
+                        continue
+                    steps, r1 = (_numpy(v, f"{framework}/{variant} monitor") for v in monitor[framework, variant])
+                    if steps.shape != r1.shape or steps.ndim != 1:
+                        raise VididiError(f"{framework}/{variant}: monitor steps {steps.shape} and R@1 {r1.shape} differ")
+                    ax.plot(steps, 100 * r1, color="0.2", linestyle=linestyles[variant], marker="o", markersize=3)
+                ax.set_xlabel("step")
+                ax.set_ylim(0, 100)
+            grid[1][0].set_ylabel("kNN monitor R@1 (%)")
         handles = [Line2D([], [], color=colours[k], label=k) for k in all_terms if k in drawn]
         handles += [
             Line2D([], [], color="0.35", linestyle=linestyles[v], label=_label(v, VARIANT_LABELS)) for v in variants

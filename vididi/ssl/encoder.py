@@ -62,7 +62,7 @@ def read_encoder_file(path: str | Path, which: str = "encoder") -> EncoderFile:
         raise VididiError(f"{path}: not an encoder file loadable with weights_only=True ({str(exc).splitlines()[0][:200]})") from None
     if isinstance(state, dict) and "encoder" in state and "backbone" in state:  # a vididi final.pt
         if which not in state:
-            raise VididiError(f"{path} has no {which!r} (only BYOL runs trained since issue 13 keep their target; retrain it)")
+            raise VididiError(f"{path} has no {which!r} (only BYOL runs trained since 0.1.0 keep their target; retrain it)")
         return EncoderFile(state[which], json.loads(state["backbone"]), json.loads(state["stats"]),
                            state.get("scaling"), "run")  # fmt: skip
     if which != "encoder":

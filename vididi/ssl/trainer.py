@@ -6,7 +6,8 @@ the device, become centred float clips, and D_a(V), D_b(V') (derivatives.py) fee
 Outputs in results/<dataset>/runs/<run>/:
     checkpoints/last.pt   full training state, every `checkpoint_every` steps and at the end
     checkpoints/final.pt  the trained encoder + what evaluation needs (the rule's output)
-    train_log.csv         step, epoch, loss, loss terms, order pair, lr, clips/s (one row per step)
+    train_log.csv         step, epoch, loss, loss terms, order pair, lr, clips/s (one row per step), and
+                          with `pretrain.monitor_every` the online kNN monitor's R@1 (monitor.py)
     train_info.json       wall time, steps, device, settings
 
 Crash safety: checkpoints are written atomically, and one trainer at a time holds the run (a lock
@@ -54,7 +55,10 @@ from .derivatives import derivative_view
 from .distributed import convert_sync_batchnorm, is_main, world
 from .encoder import DEFAULT_SCALING, encoder_from_file, read_encoder_file, resolve_device
 from .frameworks import Framework, build_framework
+from .lars import LARS
 from .models import build_backbone
+from .monitor import COLUMN as MONITOR_COLUMN
+from .monitor import KnnMonitor, monitor_videos
 from .schedule import BalancedSchedule
 
 log = get_logger()
@@ -110,25 +114,36 @@ def compile_model(model: torch.nn.Module, device: torch.device, switch="auto") -
 
 def make_optimizer(model: torch.nn.Module, pretrain: dict, device: torch.device | str = "cpu",
                    encoder_lr_ratio: float = 1.0) -> torch.optim.Optimizer:  # fmt: skip
-    """AdamW or SGD; no weight decay on biases and normalisation parameters (1-d tensors). AdamW uses
-    the fused kernel when `pretrain.fused_optimizer` says so (auto: on CUDA; same state_dict).
-    With `encoder_lr_ratio` != 1 (fine-tuning) the parameters of `model.encoder` learn at
-    lr * encoder_lr_ratio; the other parameters (the head) come first, so group 0 holds the head's lr."""
+    """AdamW, SGD or LARS; no weight decay (and, for LARS, no trust ratio) on biases and normalisation
+    parameters (1-d tensors). AdamW uses the fused kernel when `pretrain.fused_optimizer` says so
+    (auto: on CUDA; same state_dict). Learning rates per part, in this order of the groups:
+    with `encoder_lr_ratio` != 1 (fine-tuning) the head at lr, then `model.encoder` at lr * ratio;
+    else everything at lr, then a `predictor` head (BYOL) at lr * `predictor_lr_scale` when that is not 1."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if encoder_lr_ratio == 1.0:
-        parts = [(params, pretrain["lr"])]
+    lr, lars = pretrain["lr"], pretrain["optimizer"] == "lars"
+    if encoder_lr_ratio != 1.0:
+        inner, inner_lr = {id(p) for p in model.encoder.parameters()}, lr * encoder_lr_ratio
     else:
-        in_encoder = {id(p) for p in model.encoder.parameters()}
-        parts = [([p for p in params if id(p) not in in_encoder], pretrain["lr"]),
-                 ([p for p in params if id(p) in in_encoder], pretrain["lr"] * encoder_lr_ratio)]  # fmt: skip
-    groups = [group for part, lr in parts for group in (
-        {"params": [p for p in part if p.ndim > 1], "weight_decay": pretrain["weight_decay"], "lr": lr},
-        {"params": [p for p in part if p.ndim <= 1], "weight_decay": 0.0, "lr": lr},
-    )]  # fmt: skip
+        scale = pretrain.get("predictor_lr_scale", 1.0)
+        predictor = getattr(model, "predictor", None)
+        inner = {id(p) for p in predictor.parameters()} if scale != 1.0 and predictor is not None else set()
+        inner_lr = lr * scale
+    parts = [([p for p in params if id(p) not in inner], lr)]
+    if inner:
+        parts.append(([p for p in params if id(p) in inner], inner_lr))
+    param_groups = []
+    for part, part_lr in parts:
+        decayed = {"params": [p for p in part if p.ndim > 1], "weight_decay": pretrain["weight_decay"], "lr": part_lr}
+        plain = {"params": [p for p in part if p.ndim <= 1], "weight_decay": 0.0, "lr": part_lr}
+        if lars:
+            decayed["adapt"], plain["adapt"] = True, False
+        param_groups += [decayed, plain]
     if pretrain["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=pretrain["lr"], momentum=pretrain["momentum"])
+        return torch.optim.SGD(param_groups, lr=pretrain["lr"], momentum=pretrain["momentum"])
+    if lars:
+        return LARS(param_groups, lr=pretrain["lr"], momentum=pretrain["momentum"], eta=pretrain.get("lars_eta", 0.001))
     fused = on_cuda_when_auto(pretrain.get("fused_optimizer", "auto"), device)
-    return torch.optim.AdamW(groups, lr=pretrain["lr"], **({"fused": True} if fused else {}))
+    return torch.optim.AdamW(param_groups, lr=pretrain["lr"], **({"fused": True} if fused else {}))
 
 
 @dataclass
@@ -271,7 +286,7 @@ def _pretrain(config: dict, run: cfgmod.Run, rank: int, world_size: int) -> Path
             _import_external(config, run, settings, settings_hash, index, device)
         return layout.final_checkpoint(config, run)
     # (settings omit the keys that do not change weights, and carry a variant's pretrain overrides)
-    clips_cfg, pre = settings["clips"], {**config["pretrain"], **settings["pretrain"]}
+    clips_cfg, pre = settings["clips"], cfgmod.run_pretrain_options(config, settings)
     model = build_model(settings, num_classes=len(index.classes)).to(device)
     if pre["precision"] == "fp64":  # exact-arithmetic checks (DDP == one process); slow
         model = model.double()
@@ -318,24 +333,31 @@ def _pretrain(config: dict, run: cfgmod.Run, rank: int, world_size: int) -> Path
     sampler = StepBatches(train_videos, pre["batch_size"], run.seed, start_step, total, rank, world_size)
     data = TrainClips(index, clips_cfg, settings["augment"], on="device" if on_device else "loader")
     batches = loader(data, pre["num_workers"], batch_sampler=sampler, pin_memory=on_device and device.type == "cuda")
-    logger = TrainLog(layout.train_log(config, run), start_step, len(train_videos), pre["batch_size"]) if is_main() else None
-    train_loop(trainer, batches, start_step, segments, ckpt_dir, settings_hash, logger, pre, run.name, started)
+    monitor = _make_monitor(index, settings, pre, device) if pre["monitor_every"] and is_main() else None
+    logger = (TrainLog(layout.train_log(config, run), start_step, len(train_videos), pre["batch_size"],
+                       monitor=monitor is not None) if is_main() else None)  # fmt: skip
+    monitor_seconds = train_loop(trainer, batches, start_step, segments, ckpt_dir, settings_hash, logger, pre, run.name,
+                                 started, monitor=monitor)  # fmt: skip
     if is_main():
         core = model.module if hasattr(model, "module") else model
         # train_info.json first: a final.pt on disk always has the record that describes it
+        monitor_info = ({"every": pre["monitor_every"], "videos": len(monitor.videos), "seconds": round(monitor_seconds, 1)}
+                        if monitor is not None else None)  # fmt: skip
         _write_info(out_dir, settings, settings_hash, index, steps=total, wall=sum(s["seconds"] for s in segments),
-                    device=device, world_size=world_size, segments=segments, epochs=epochs)  # fmt: skip
+                    device=device, world_size=world_size, segments=segments, epochs=epochs, monitor=monitor_info)  # fmt: skip
         _write_final(layout.final_checkpoint(config, run), core, settings, settings_hash, index, steps=total)
     finish_distributed()
     return layout.final_checkpoint(config, run)
 
 
 def train_loop(trainer: Trainer, batches, start_step: int, segments: list[dict], ckpt_dir: Path, settings_hash: str,
-               logger: TrainLog | None, every: dict, desc: str, started: float) -> None:  # fmt: skip
+               logger: TrainLog | None, every: dict, desc: str, started: float, monitor=None) -> float:  # fmt: skip
     """Steps `start_step`..`trainer.total_steps` (pretraining and fine-tuning alike): log every
     `every["log_every"]` steps, stop on a non-finite loss, write last.pt atomically every
-    `every["checkpoint_every"]` steps and at the end. Appends this segment of the training to
-    `segments` (its seconds counted from `started`)."""
+    `every["checkpoint_every"]` steps and at the end; SIGTERM / SIGUSR1 save last.pt and stop
+    (`Stopped`). Appends this segment of the training to `segments` (its seconds counted from
+    `started`). `monitor` (pretraining's kNN monitor) runs every `every["monitor_every"]` steps and
+    after the last; returns the seconds it took."""
     total = trainer.total_steps
     optimizer, scheduler = trainer.optimizer, trainer.scheduler
     world_size = world()[1]
@@ -345,13 +367,20 @@ def train_loop(trainer: Trainer, batches, start_step: int, segments: list[dict],
     trainer.model.train()
     bar = progress(total=total, initial=start_step, desc=desc, unit="step", **({} if is_main() else {"disable": True}))
     tick = time.time()
+    monitor_seconds = 0.0
     with StopRequest() as stop:
         for step, batch in enumerate(batches, start=start_step):
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
             loss, terms, pair = trainer.step(step, batch)
-            if logger:
-                logger.add(step, loss, terms, pair, lr)
             done = step + 1
+            knn = None
+            if monitor is not None and (done % every["monitor_every"] == 0 or done == total):
+                began = time.time()
+                knn = monitor(trainer.core.encoder if hasattr(trainer.core, "encoder") else trainer.core)
+                tick += time.time() - began  # the clip rate counts training only
+                monitor_seconds += time.time() - began
+            if logger:
+                logger.add(step, loss, terms, pair, lr, knn)
             stopping = stop.requested(world_size, trainer.device, agree=done % every["log_every"] == 0)
             checkpoint = done % every["checkpoint_every"] == 0 or done == total or stopping
             if done % every["log_every"] == 0 or checkpoint:
@@ -360,7 +389,9 @@ def train_loop(trainer: Trainer, batches, start_step: int, segments: list[dict],
                 _check_finite(rows, loss, step, pair, ckpt_dir)
                 if rows:
                     last = rows[-1]
-                    bar.set_postfix(loss=f"{last['loss']:.4g}", pair=last["pair"], lr=f"{last['lr']:.2e}", clips_s=last["clips_per_s"])
+                    knn_now = {"knn_r1": f"{100 * knn:.1f}"} if knn is not None else {}
+                    bar.set_postfix(loss=f"{last['loss']:.4g}", pair=last["pair"], lr=f"{last['lr']:.2e}",
+                                    clips_s=last["clips_per_s"], **knn_now)  # fmt: skip
                 bar.update(done - bar.n)
             if checkpoint:
                 segment.update(to_step=done, seconds=round(time.time() - started, 1))
@@ -375,6 +406,7 @@ def train_loop(trainer: Trainer, batches, start_step: int, segments: list[dict],
                               f"holds it: run the stage again to resume", stop.signum)  # fmt: skip
     bar.close()
     segment.update(to_step=total, seconds=round(time.time() - started, 1))  # (not listed when nothing was trained)
+    return monitor_seconds
 
 
 def finish_distributed() -> None:
@@ -382,6 +414,16 @@ def finish_distributed() -> None:
     if world()[1] > 1:
         dist.barrier()
         dist.destroy_process_group()
+
+
+def _make_monitor(index: DatasetIndex, settings: dict, pre: dict, device: torch.device) -> KnnMonitor:
+    """The online kNN monitor of a run (vididi/ssl/monitor.py); its encoder copy is built with the
+    global RNG forked, so the training's random streams do not move."""
+    backbone = settings["backbone"]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        copy = build_backbone(backbone["name"], **{k: v for k, v in backbone.items() if k != "name"})
+    videos = monitor_videos(index, pre["monitor_videos"], settings["seed"])
+    return KnnMonitor(index, settings["clips"], videos, settings["variant"]["scaling"], copy, device)
 
 
 def init_distributed() -> tuple[int, int]:
@@ -415,8 +457,10 @@ class TrainLog:
     """train_log.csv: one row per step. Losses stay on the device until a flush (one sync per
     `log_every` steps, not per step); a resumed run first drops rows past its checkpoint."""
 
-    def __init__(self, path: Path, start_step: int, n_videos: int, batch_size: int, clips_per_sample: int = 2):
+    def __init__(self, path: Path, start_step: int, n_videos: int, batch_size: int, clips_per_sample: int = 2,
+                 monitor: bool = False):  # fmt: skip
         self.path, self.n_videos, self.batch_size, self.clips_per_sample = path, n_videos, batch_size, clips_per_sample
+        self.monitor = monitor
         self.pending: list[tuple] = []
         self.header: list[str] | None = None
         if path.is_file():
@@ -424,12 +468,15 @@ class TrainLog:
                 rows = list(csv.reader(f))
             if rows:
                 self.header = rows[0]
+                if monitor and MONITOR_COLUMN not in self.header:  # monitored from this segment on
+                    self.header = [*self.header, MONITOR_COLUMN]
                 kept = [r for r in rows[1:] if int(r[0]) < start_step]
                 with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
                     csv.writer(f).writerows([self.header, *kept])
 
-    def add(self, step: int, loss: torch.Tensor, terms: dict, pair, lr: float) -> None:
-        self.pending.append((step, loss, terms, pair, lr))
+    def add(self, step: int, loss: torch.Tensor, terms: dict, pair, lr: float, knn: float | None = None) -> None:
+        """`knn`: the monitor's R@1 after this step, or None (an empty cell) between evaluations."""
+        self.pending.append((step, loss, terms, pair, lr, knn))
 
     def flush(self, seconds: float) -> list[dict]:
         """Append the pending steps (with the clip rate over `seconds`) to the CSV; return them."""
@@ -438,8 +485,9 @@ class TrainLog:
         rate = round(self.clips_per_sample * self.batch_size * len(self.pending) / max(seconds, 1e-9), 1)
         rows = [
             {"step": step, "epoch": step * self.batch_size // self.n_videos, "loss": float(loss),
-             **{k: float(v) for k, v in terms.items()}, "pair": f"{pair[0]}{pair[1]}", "lr": lr, "clips_per_s": rate}
-            for step, loss, terms, pair, lr in self.pending
+             **{k: float(v) for k, v in terms.items()}, "pair": f"{pair[0]}{pair[1]}", "lr": lr, "clips_per_s": rate,
+             **({MONITOR_COLUMN: "" if knn is None else knn} if self.monitor else {})}
+            for step, loss, terms, pair, lr, knn in self.pending
         ]  # fmt: skip
         self.pending = []
         self.header = self.header or list(rows[0])
@@ -562,13 +610,16 @@ def _import_external(config: dict, run: cfgmod.Run, settings: dict, settings_has
 
 
 def _write_info(out_dir: Path, settings: dict, settings_hash: str, index: DatasetIndex, steps: int, wall: float,
-                device, world_size: int, segments: list[dict] | None = None, epochs: float | None = None) -> None:  # fmt: skip
+                device, world_size: int, segments: list[dict] | None = None, epochs: float | None = None,
+                monitor: dict | None = None) -> None:  # fmt: skip
     """wall_seconds: the training's time summed over its segments (an interrupted run has several);
-    epochs: steps x batch / the readable training videos.
+    epochs: steps x batch / the readable training videos; `monitor` (when on): every how many steps,
+    on how many videos, and the seconds it took in the last segment (they are part of wall_seconds).
     `settings_hash` is the run hash (settings + the data's content), also in final.pt: vididi.stamps
     reads it here, without torch."""
     write_json(out_dir / layout.TRAIN_INFO, {
         "steps": steps, "epochs": None if epochs is None else round(epochs, 2), "wall_seconds": round(wall, 1),
         "device": str(device), "processes": world_size, "finished": time.strftime("%Y-%m-%d"), **provenance(), "segments": segments or [],
         "settings_hash": settings_hash, "settings": {**settings, "data_content": index.content},
+        **({"monitor": monitor} if monitor else {}),
     })  # fmt: skip

@@ -11,7 +11,7 @@
   whether that evidence is the moving object or the background. `object_attention_uniform`, the
   share a constant map gets on the same clips (the dilated mask's area share), is chance; the random
   encoder's run is the floor. `feature_norm` (the squared norm of the pooled embedding, the target
-  before issue 13) has channel weights that are never negative, so its map is activation energy.
+  before 0.1.0) has channel weights that are never negative, so its map is activation energy.
 
 Writes `layout.metrics_file(..., "attention", ...)` (metrics/analysis-<eval_dataset>.json) and
 `layout.attention_file` (analysis/attention-<eval_dataset>.h5: the clips and maps of the first

@@ -4,7 +4,8 @@ results/<dataset>/figures/.
     derivatives  frames and their 1st / 2nd temporal derivatives for a few test videos
     tsne         t-SNE + silhouette of the top test classes, baseline vs ViDiDi (paper Fig. 4)
     attention    Grad-CAM attention: frames | baseline | ViDiDi (paper Fig. 5)
-    curves       training loss and its terms per framework x variant
+    curves       training loss and its terms per framework x variant (and, for runs trained with
+                 `pretrain.monitor_every`, the online kNN monitor's R@1 in a second row)
     bars         Recall@1 / probe top-1 / detection mAP@0.5, baseline vs ViDiDi per framework
     label_efficiency  probe and fine-tuning top-1 against the label fraction: baseline, ViDiDi, random
                  init (frozen: the floor; fine-tuned: scratch); needs several evaluation.label_fractions
@@ -40,6 +41,7 @@ from ..plots import (
     tsne_figure,
     use_style,
 )
+from ..ssl.monitor import COLUMN as MONITOR_COLUMN
 from ..utils import VididiError
 
 
@@ -92,7 +94,7 @@ def _attention(config: dict, dataset: str):
 
 
 def _curves(config: dict, dataset: str):
-    logs, seeds = {}, {}
+    logs, seeds, monitor = {}, {}, {}
     for run in cfgmod.expand_runs(config):
         path = layout.train_log(config, run)
         key = (run.framework, run.variant)
@@ -102,14 +104,17 @@ def _curves(config: dict, dataset: str):
         rows = list(csv.DictReader(path.open()))
         if not rows:
             continue
-        skip = {"step", "epoch", "pair", "lr", "clips_per_s"}
+        skip = {"step", "epoch", "pair", "lr", "clips_per_s", MONITOR_COLUMN}
         columns = [c for c in rows[0] if c not in skip]
         logs[key] = {"step": np.array([int(r["step"]) for r in rows]),
                      **{c: np.array([float(r[c]) for r in rows]) for c in columns}}  # fmt: skip
+        monitored = [r for r in rows if r.get(MONITOR_COLUMN)]  # the monitor's cells are empty between evaluations
+        if monitored:
+            monitor[key] = (np.array([int(r["step"]) for r in monitored]), np.array([float(r[MONITOR_COLUMN]) for r in monitored]))
     if not logs:
         raise VididiError(f"no training logs for {dataset} yet")
     window = max(1, min(25, len(next(iter(logs.values()))["step"]) // 20))
-    return curves_figure(logs, smooth_window=window)
+    return curves_figure(logs, smooth_window=window, monitor=monitor)
 
 
 def _bars(config: dict, dataset: str):

@@ -35,7 +35,7 @@ METRIC_COLUMNS = {  # metric file stem (layout.metrics_stem) -> (metric key -> c
 # With part of the labels (evaluation.label_fractions): top-1 only, the column named <column>@<fraction>.
 FRACTION_COLUMNS = {"probe": "probe_top1", "finetune": "finetune_top1"}
 # Columns that only mean something under a setting (the chance level of the probe-logit attention share;
-# configs/legacy-protocol.yaml turns it off, and the table keeps its pre-issue-13 columns).
+# configs/legacy-protocol.yaml turns it off, and the table keeps its pre-0.1.0 columns).
 OPT_IN_COLUMNS = {"attention_uniform": lambda config: config["analysis"]["cam_target"] != "feature_norm"}
 KEY_COLUMNS = ["framework", "variant", "backbone", "seed", "eval_dataset"]
 COST_COLUMNS = ["steps", "epochs", "pretrain_s", "eval_s"]

@@ -272,7 +272,7 @@ FIGURE_CAPTIONS = {
     "derivatives": "Test clips as frames (order 0) and their 1st and 2nd temporal derivatives.",
     "tsne": "t-SNE of the test features of the classes with the most test videos; silhouette (cosine, full-dimensional features) in each title. Baseline vs ViDiDi (paper Fig. 4).",
     "attention": "Grad-CAM attention of the encoder's last block: frames | baseline | ViDiDi (paper Fig. 5).",
-    "curves": "Training loss and its terms per framework; baseline dashed, ViDiDi solid.",
+    "curves": "Training loss and its terms per framework; baseline dashed, ViDiDi solid. Runs trained with pretrain.monitor_every add a row with the online kNN monitor (leave-one-group-out R@1 on training videos).",
     "bars": "Retrieval R@1, linear-probe top-1 and detection mAP@0.5 on the test split, baseline vs ViDiDi.",
     "label_efficiency": "Top-1 on the test split against the share of labelled training videos, for the linear probe and end-to-end fine-tuning: baseline, ViDiDi and the random initialisation (frozen: the floor; fine-tuned: the scratch baseline); mean ± sd over seeds.",
 }
